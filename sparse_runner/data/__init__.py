@@ -1,0 +1,28 @@
+"""Dataset registry. ``build_data(cfg.dataset, ...)`` returns loaders plus the spec the model needs."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..registry import Registry
+from .base import Augment, Data, DataSpec, Loader, TensorLoader, mix_seed
+from .digits import build_digits
+
+DATASETS: Registry[Callable[..., Data]] = Registry("dataset")
+DATASETS.register("digits")(build_digits)
+
+
+def build_data(cfg: Mapping[str, Any], *, batch_size: int, eval_batch_size: int, seed: int,
+               device: torch.device, num_workers: int = 0) -> Data:
+    """Build train/test loaders for the dataset named by ``cfg['name']``."""
+    factory = DATASETS.get(str(cfg["name"]))
+    kwargs: dict[str, Any] = dict(batch_size=batch_size, eval_batch_size=eval_batch_size,
+                                  seed=seed, device=device)
+    if getattr(factory, "uses_workers", False):
+        kwargs["num_workers"] = num_workers
+    return factory(cfg, **kwargs)
+
+
+__all__ = ["Augment", "DATASETS", "Data", "DataSpec", "Loader", "TensorLoader", "build_data",
+           "mix_seed"]

@@ -1,0 +1,135 @@
+"""Shared data plumbing: the dataset spec, device-resident tensor loader, batched augmentation.
+
+Small datasets (digits, CIFAR) live as one tensor on the training device and are augmented a
+batch at a time, so the loader is never the bottleneck (airbench's approach). Every random
+choice (epoch order, crop offsets, flips) comes from a generator seeded by (seed, epoch, batch),
+so any batch can be regenerated exactly: that is what makes mid-epoch resume bit-identical.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """Deterministic 63-bit seed from integers (splitmix64 chain); stable across processes."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & MASK64)) & MASK64
+        h = (h + 0x9E3779B97F4A7C15) & MASK64
+        z = h
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        h = z ^ (z >> 31)
+    return h & ((1 << 63) - 1)
+
+
+def generator(*values: int) -> torch.Generator:
+    return torch.Generator().manual_seed(mix_seed(*values))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the model needs to know about the data."""
+
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: int  # height == width for every dataset we ship
+
+
+class Loader(Protocol):
+    """Iterable over (x, y) batches on the training device, reproducible per (epoch, batch)."""
+
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+
+@dataclass
+class Data:
+    spec: DataSpec
+    train: Loader
+    test: Loader
+    num_train: int
+    num_test: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Batched augmentation: zero-pad + random crop and optional horizontal flip."""
+
+    pad: int = 0
+    flip: bool = False
+
+    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        n, _, h, w = x.shape
+        if self.pad:
+            p = self.pad
+            xp = torch.nn.functional.pad(x, (p, p, p, p))
+            oy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+            ox = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+            rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+            cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+            batch = torch.arange(n, device=x.device)[:, None, None, None]
+            chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+            x = xp[batch, chans, rows, cols]
+        if self.flip:
+            flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x
+
+
+class TensorLoader:
+    """Device-resident dataset in [0, 1] floats; normalises and augments per batch.
+
+    ``drop_last`` applies to training so every optimizer step sees a full batch.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+        shuffle: bool,
+        drop_last: bool,
+        augment: Augment | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError("images and labels differ in length")
+        self.images = images.to(device, torch.float32)
+        self.labels = labels.to(device, torch.long)
+        self.batch_size = int(batch_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.seed, self.shuffle, self.drop_last, self.augment = seed, shuffle, drop_last, augment
+
+    def __len__(self) -> int:
+        n = self.images.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        n = self.images.shape[0]
+        if self.shuffle:
+            order = torch.randperm(n, generator=generator(self.seed, epoch)).to(self.images.device)
+        else:
+            order = torch.arange(n, device=self.images.device)
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.images.index_select(0, idx)
+            if self.augment is not None:
+                x = self.augment(x, generator(self.seed, epoch, b, 1))
+            yield (x - self.mean) / self.std, self.labels.index_select(0, idx)

@@ -1,0 +1,61 @@
+"""The Iso-FLOP search (Sparse-IFT appendix A.2) as a pure function.
+
+Given ``flops_at(s)`` -- the average forward FLOPs per sample of the transformed model when its
+sparse layers have sparsity s -- find the s whose FLOPs equal the dense baseline's. It works on
+layer shapes and the distribution only (no model copies), so it takes milliseconds.
+``flops_at`` is non-increasing in s but a step function (nonzeros are integers), so bisection
+keeps a bracket [lo, hi] with flops(lo) >= target >= flops(hi) and returns its better end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import UserError
+
+S_MAX = 1.0 - 1e-9
+
+
+@dataclass(frozen=True)
+class IsoFlopResult:
+    sparsity: float      # sparsity of the sparse layers that matches the target
+    flops: float         # forward FLOPs per sample at that sparsity
+    target: float        # the dense baseline's forward FLOPs per sample
+    iterations: int
+
+    @property
+    def rel_error(self) -> float:
+        return abs(self.flops - self.target) / self.target
+
+
+def isoflop_sparsity(flops_at: Callable[[float], float], target: float, *, rtol: float = 1e-7,
+                     max_iter: int = 200) -> IsoFlopResult:
+    """Bisection for s in [0, 1) with ``flops_at(s) == target`` (to ``rtol`` or the step size)."""
+    lo, hi = 0.0, S_MAX
+    f_lo, f_hi = flops_at(lo), flops_at(hi)
+    if f_lo < target * (1 - rtol):
+        raise UserError(
+            f"the transformed model needs only {f_lo:.4g} forward FLOPs even when dense, below "
+            f"the dense baseline's {target:.4g}: no sparsity makes it Iso-FLOP; use ift=none"
+        )
+    if f_hi > target * (1 + rtol):
+        raise UserError(
+            f"the transformed model needs {f_hi:.4g} forward FLOPs even at sparsity ~1 (its dense "
+            f"layers alone exceed the baseline's {target:.4g}); use a smaller s or keep fewer "
+            "layers dense (sparse.dense)"
+        )
+    it = 0
+    for it in range(1, max_iter + 1):
+        if abs(f_lo - target) <= rtol * target or abs(f_hi - target) <= rtol * target:
+            break
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        f_mid = flops_at(mid)
+        if f_mid >= target:
+            lo, f_lo = mid, f_mid
+        else:
+            hi, f_hi = mid, f_mid
+    if abs(f_lo - target) <= abs(f_hi - target):
+        return IsoFlopResult(lo, f_lo, target, it)
+    return IsoFlopResult(hi, f_hi, target, it)

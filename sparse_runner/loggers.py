@@ -1,0 +1,106 @@
+"""Where metrics go: ``metrics.jsonl`` always (the source of truth), wandb optionally (a mirror).
+
+wandb is imported only when ``logger=wandb`` and always gets an explicit ``mode`` (the
+``WANDB_MODE`` variable is read once per process, which breaks in-process multirun sweeps) and
+is finished in ``close()`` so every Hydra job gets its own run. Its x-axis for accuracy is
+cumulative training FLOPs.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import UserError
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsFile:
+    """Append-only JSON lines, flushed per event so a crash loses nothing already logged."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop events logged after ``step`` (they belong to the part a resume will redo)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, event: Mapping[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({k: _clean(v) for k, v in event.items()}) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class WandbMirror:
+    """Mirror of the metrics stream to Weights & Biases (online, offline or disabled)."""
+
+    def __init__(self, cfg: Mapping[str, Any], run_dir: Path, config: dict, run_id: str | None):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("logger=wandb needs the wandb package: pip install 'sparse-run[wandb]'"
+                            " or use logger=local") from None
+        mode = str(cfg.get("mode", "offline"))
+        if mode not in ("online", "offline", "disabled"):
+            raise UserError(f"logger.mode={mode!r}; valid: online, offline, disabled")
+        self.run = wandb.init(
+            mode=mode, project=cfg.get("project") or "sparse-run", entity=cfg.get("entity"),
+            group=cfg.get("group"), tags=list(cfg.get("tags") or []), dir=str(run_dir),
+            config=config, id=run_id, resume="allow" if run_id else None, reinit="create_new",
+        )
+        self.run.define_metric("train_flops")
+        for split in ("train", "test"):
+            self.run.define_metric(f"{split}/*", step_metric="train_flops")
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run.id)
+
+    def write(self, event: Mapping[str, Any]) -> None:
+        split = event.get("split") or event.get("event", "misc")
+        data = {f"{split}/{k}": v for k, v in event.items()
+                if isinstance(v, (int, float)) and k not in ("step", "train_flops")}
+        data["train_flops"] = event.get("train_flops", 0.0)
+        self.run.log(data, step=int(event.get("step", 0)))
+
+    def summary(self, summary: Mapping[str, Any]) -> None:
+        for key, value in summary.items():
+            if isinstance(value, (int, float, str)):
+                self.run.summary[key] = value
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Loggers:
+    """The local file plus optional mirrors; ``log`` fans an event out to all of them."""
+
+    def __init__(self, metrics: MetricsFile, mirrors: list[Any] | None = None) -> None:
+        self.metrics = metrics
+        self.mirrors = mirrors or []
+
+    def log(self, event: Mapping[str, Any]) -> None:
+        self.metrics.write(event)
+        for m in self.mirrors:
+            m.write(event)
+
+    def close(self, summary: Mapping[str, Any] | None = None) -> None:
+        for m in self.mirrors:
+            if summary is not None:
+                m.summary(summary)
+            m.close()

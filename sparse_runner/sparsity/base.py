@@ -1,0 +1,167 @@
+"""The interface between the training loop and every sparse-training method.
+
+The loop never branches on the method's name: it calls these hooks in this order::
+
+    method.setup(model, ctx)                 # before training: build masks (PaI methods score here)
+    method.attach_optimizer(optimizer)
+    for each optimizer step:
+        for each micro-batch: loss.backward(); method.after_backward(step)
+        if method.before_optimizer_step(step): optimizer.step()   # masks grads; may skip
+        event = method.after_optimizer_step(step)                 # mask updates on schedule
+    method.state_dict() / load_state_dict()  # checkpoints
+
+Planning functions (``planned_density``, ``mean_fwd_flops``) are pure and run before any
+weights exist: the Iso-FLOP search and dry runs call them many times.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..data.base import generator
+from ..flops import LayerTable
+from ..registry import Registry
+from .distributions import layer_nnz
+from .masks import MaskManager
+
+Batches = Callable[[], Iterator[tuple[Tensor, Tensor]]]
+
+
+@dataclass
+class SetupContext:
+    """Everything a method may need before training; methods know nothing about the data."""
+
+    table: LayerTable
+    sparse: list[str]                 # names of the sparse weights (after the layer filter)
+    s: float                          # sparsity of the sparse layers (after the Iso-FLOP search)
+    total_steps: int                  # optimizer steps of the whole run
+    seed: int
+    distribution: Mapping[str, Any] = field(default_factory=lambda: {"name": "uniform"})
+    extra_dense: int = 0              # dense weights that share the budget (uniform re-spread)
+    batches: Batches | None = None    # fresh iterator over training batches (pruning at init)
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def planned_nnz(table: LayerTable, sparse: list[str], s: float,
+                distribution: Mapping[str, Any], extra_dense: int = 0) -> dict[str, int]:
+    """Exact nonzeros per sparse layer that the configured distribution assigns at sparsity s."""
+    shapes = {n: table[n].shape for n in sparse}
+    return layer_nnz(
+        str(distribution.get("name", "uniform")), shapes, s,
+        power_scale=float(distribution.get("power_scale", 1.0)),
+        overrides=dict(distribution.get("overrides") or {}), extra_dense=extra_dense,
+    )
+
+
+class SparsityMethod:
+    """Base class: a dense no-op. Subclasses own a :class:`MaskManager` and override hooks."""
+
+    name: ClassVar[str] = "base"
+    sparse: ClassVar[bool] = True     # False for dense training (no masks, s must be 0)
+
+    def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
+        self.cfg = dict(cfg or {})
+        self.masks: MaskManager | None = None
+        self.ctx: SetupContext | None = None
+
+    # ---- planning (pure) -------------------------------------------------------------------
+    def planned_density(self, table: LayerTable, sparse: list[str], s: float,
+                        distribution: Mapping[str, Any], extra_dense: int = 0) -> dict[str, float]:
+        """Density per sparse layer the method will train with at sparsity s (on average)."""
+        nnz = planned_nnz(table, sparse, s, distribution, extra_dense)
+        return {n: nnz[n] / table[n].numel for n in sparse}
+
+    def mean_fwd_flops(self, table: LayerTable, sparse: list[str], s: float,
+                       distribution: Mapping[str, Any], extra_dense: int = 0) -> float:
+        """Forward FLOPs per sample averaged over training (what the Iso-FLOP search matches)."""
+        return table.sparse_fwd(self.planned_density(table, sparse, s, distribution, extra_dense))
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def setup(self, model: nn.Module, ctx: SetupContext) -> None:
+        """Create masks before training. Default: random exact-count masks per the distribution."""
+        self.ctx = ctx
+        self.masks = MaskManager(model, ctx.sparse)
+        nnz = planned_nnz(ctx.table, ctx.sparse, ctx.s, ctx.distribution, ctx.extra_dense)
+        self.masks.set_masks({i: random_mask(p.shape, nnz[n], self.rng(-1, i), p.device)
+                              for i, (n, p) in enumerate(zip(self.masks.names, self.masks.params))})
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.masks is not None:
+            self.masks.attach(optimizer)
+
+    def after_backward(self, step: int) -> None:
+        """Called after every micro-batch backward (dense gradients are in ``p.grad``)."""
+
+    def before_optimizer_step(self, step: int) -> bool:
+        """Mask gradients; return False to skip ``optimizer.step()`` on this step."""
+        if self.masks is not None:
+            self.masks.mask_grads()
+        return True
+
+    def after_optimizer_step(self, step: int) -> dict[str, Any] | None:
+        """Update masks on schedule; return a metrics event (dict) when the masks changed."""
+        return None
+
+    def extra_flops(self, step: int, batch_size: int) -> float:
+        """Training FLOPs this step costs beyond forward + backward at the current densities."""
+        return 0.0
+
+    # ---- reporting / checkpoint --------------------------------------------------------------
+    def density(self) -> dict[str, float]:
+        return self.masks.density() if self.masks is not None else {}
+
+    def mask_state(self) -> dict[str, Tensor]:
+        return self.masks.state_dict() if self.masks is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state beyond the masks (schedules, accumulators); masks are saved separately."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any], masks: Mapping[str, Tensor]) -> None:
+        if self.masks is not None:
+            self.masks.load_state_dict(masks)
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def rng(self, step: int, layer: int) -> torch.Generator:
+        """Stateless generator seeded by (seed, step, layer): identical on every rank and resume."""
+        seed = self.ctx.seed if self.ctx is not None else 0
+        return generator(seed, 0x5EED, step, layer)
+
+
+def random_mask(shape: torch.Size, nnz: int, gen: torch.Generator,
+                device: torch.device | str = "cpu") -> Tensor:
+    """Bool mask with exactly ``nnz`` True entries at uniformly random positions."""
+    numel = int(torch.Size(shape).numel())
+    flat = torch.zeros(numel, dtype=torch.bool)
+    flat[torch.randperm(numel, generator=gen)[:nnz]] = True
+    return flat.view(shape).to(device)
+
+
+METHODS: Registry[type[SparsityMethod]] = Registry("method")
+
+
+def register(name: str):
+    """Class decorator: ``@register("rigl")`` makes ``method=rigl`` select the class."""
+
+    def deco(cls: type[SparsityMethod]) -> type[SparsityMethod]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
+
+
+@register("dense")
+class Dense(SparsityMethod):
+    """Dense training: no masks, every hook a no-op."""
+
+    sparse = False
+
+    def planned_density(self, table, sparse, s, distribution, extra_dense=0):
+        return {}
+
+    def setup(self, model: nn.Module, ctx: SetupContext) -> None:
+        self.ctx = ctx

@@ -1,0 +1,84 @@
+"""The mask engine: exact-count bool masks over sparse weights, kept exactly zero cheaply.
+
+Pruned weights are stored as physical zeros. Masking the gradient once per step (one
+multi-tensor multiply) is then enough to keep pruned weights *and* their optimizer state
+(SGD momentum, Adam moments, weight decay terms) exactly zero: every update term at a pruned
+position is a product with zero. Only a mask change needs more: newly dropped positions have
+nonzero weights and optimizer state, which :meth:`MaskManager.set_masks` zeroes once.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+class MaskManager:
+    """Holds one bool mask per sparse weight (same shape as the weight)."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
+        params = dict(model.named_parameters())
+        self.names: list[str] = list(names)
+        self.params: list[nn.Parameter] = [params[n] for n in self.names]
+        self.masks: list[Tensor] = [torch.ones_like(p, dtype=torch.bool) for p in self.params]
+        self._scale: list[Tensor] = [torch.ones_like(p) for p in self.params]
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Remember the optimizer whose state must follow the masks."""
+        self.optimizer = optimizer
+
+    @torch.no_grad()
+    def set_masks(self, new: Mapping[int, Tensor]) -> None:
+        """Install new masks (by layer index): zero the weights and optimizer state they drop."""
+        for i, mask in new.items():
+            p = self.params[i]
+            if mask.shape != p.shape or mask.dtype != torch.bool:
+                raise ValueError(f"mask for {self.names[i]} must be bool {tuple(p.shape)}")
+            self.masks[i] = mask.to(p.device)
+            self._scale[i] = self.masks[i].to(p.dtype)
+            p.mul_(self._scale[i])
+            for state in self._state_tensors(p):
+                state.mul_(self.masks[i].to(state.dtype))
+
+    def _state_tensors(self, p: nn.Parameter) -> list[Tensor]:
+        if self.optimizer is None:
+            return []
+        state = self.optimizer.state.get(p, {})
+        return [v for v in state.values() if isinstance(v, Tensor) and v.shape == p.shape]
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        """Zero gradients at pruned positions: the one multi-tensor op of the hot path."""
+        pairs = [(p.grad, s) for p, s in zip(self.params, self._scale) if p.grad is not None]
+        if pairs:
+            grads, scales = zip(*pairs)
+            torch._foreach_mul_(list(grads), list(scales))
+
+    @torch.no_grad()
+    def mask_weights(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self._scale)
+
+    def nnz(self) -> list[int]:
+        return [int(m.sum()) for m in self.masks]
+
+    def density(self) -> dict[str, float]:
+        return {n: float(m.sum()) / m.numel() for n, m in zip(self.names, self.masks)}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Masks as bool tensors on the CPU, keyed by parameter name (the checkpoint contract)."""
+        return {n: m.detach().cpu().clone() for n, m in zip(self.names, self.masks)}
+
+    def load_state_dict(self, masks: Mapping[str, Tensor]) -> None:
+        missing = set(self.names) - set(masks)
+        if missing:
+            raise ValueError(f"checkpoint lacks masks for {sorted(missing)[:3]}")
+        self.set_masks({i: masks[n].bool() for i, n in enumerate(self.names)})

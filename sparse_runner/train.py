@@ -1,0 +1,280 @@
+"""The training loop: AMP, channels_last, optional compile, accumulation, eval, checkpoints.
+
+It knows nothing about which sparsity method runs: the method sees the loop only through the
+hooks of :class:`~sparse_runner.sparsity.base.SparsityMethod`. Every epoch ends with an
+evaluation and an atomic ``last.pt``; a better test accuracy also writes ``best.pt``.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .data import Data, Loader
+from .errors import TrainingFailed
+from .flops import LayerTable, train_flops_per_sample
+from .loggers import Loggers
+from .sparsity import SparsityMethod
+
+
+class Interrupted(Exception):
+    """Training stopped on request (signal or ``trainer.stop_after_steps``) after a checkpoint."""
+
+
+@dataclass
+class TrainState:
+    """Counters that survive a resume (saved in every checkpoint)."""
+
+    step: int = 0
+    train_flops: float = 0.0
+    best_acc1: float = -1.0
+    train_s: float = 0.0
+    epoch_s: list[float] = field(default_factory=list)
+    last_train_loss: float = float("nan")
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainSetup:
+    """Static facts of the run the loop needs (resolved by run.py)."""
+
+    epochs: int
+    steps_per_epoch: int
+    grad_accum: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    label_smoothing: float
+    log_every: int
+    stop_after_steps: int | None
+    progress: bool | None
+    checkpoint_dir: Path
+    extra: dict[str, Any] = field(default_factory=dict)  # saved with every checkpoint
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
+    """Number of samples whose label is within the top-k predictions, per k (capped at classes)."""
+    kmax = min(max(ks), logits.shape[1])
+    pred = logits.topk(kmax, dim=1).indices
+    hit = pred.eq(target[:, None])
+    return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, data: Data, method: SparsityMethod,
+                 optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float],
+                 table: LayerTable, setup: TrainSetup, loggers: Loggers,
+                 forward: nn.Module | None = None) -> None:
+        self.model, self.data, self.method, self.optimizer = model, data, method, optimizer
+        self.forward = forward or model  # possibly torch.compile'd
+        self.lr_at, self.table, self.setup, self.loggers = lr_at, table, setup, loggers
+        self.state = TrainState()
+        self._fwd_flops = table.sparse_fwd(method.density())
+        self._stop = False
+        self._epoch_t0: float | None = None
+
+    # ---- public --------------------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        """Train from ``self.state.step`` to the end; evaluation and checkpoint every epoch."""
+        s = self.setup
+        with self._stop_on_signals():
+            first = self.state.step // s.steps_per_epoch
+            for epoch in range(first, s.epochs):
+                self._epoch_t0 = time.perf_counter()
+                train_metrics = self._train_epoch(epoch)
+                spent = self._epoch_elapsed()
+                self._epoch_t0 = None
+                self.state.train_s += spent
+                self.state.epoch_s.append(spent)
+                self.state.last_train_loss = train_metrics["loss"]
+                ev = self.evaluate(self.data.test)
+                self.state.last_eval = ev
+                self._log("test", epoch + 1, ev)
+                improved = ev["acc1"] > self.state.best_acc1
+                self.state.best_acc1 = max(self.state.best_acc1, ev["acc1"])
+                self.save(ckpt.LAST)
+                if improved:
+                    self.save(ckpt.BEST)
+                self._print_epoch(epoch, train_metrics, ev)
+        return self.state
+
+    @torch.no_grad()
+    def evaluate(self, loader: Loader) -> dict[str, float]:
+        self.model.eval()
+        loss = torch.zeros((), device=self.setup.device)
+        c1 = torch.zeros((), device=self.setup.device, dtype=torch.long)
+        c5 = torch.zeros_like(c1)
+        n = 0
+        for x, y in loader.batches(0):
+            with self._autocast():
+                out = self.forward(self._prep(x))
+            loss += F.cross_entropy(out.float(), y, reduction="sum")
+            a1, a5 = topk_correct(out, y)
+            c1, c5, n = c1 + a1, c5 + a5, n + y.numel()
+        self.model.train()
+        return {"loss": loss.item() / n, "acc1": 100.0 * c1.item() / n,
+                "acc5": 100.0 * c5.item() / n}
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "masks": self.method.mask_state(),
+            "step": self.state.step,
+            "epoch": self.state.step // self.setup.steps_per_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "state": {**asdict(self.state), "train_s": self.state.train_s + self._epoch_elapsed()},
+            "rng": ckpt.rng_state(),
+            **self.setup.extra,
+        }
+
+    def save(self, name: str) -> None:
+        ckpt.save(self.setup.checkpoint_dir / name, self.checkpoint_payload())
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.method.load_state_dict(payload["method"], payload["masks"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.method.attach_optimizer(self.optimizer)
+        self.state = TrainState(**payload["state"])
+        ckpt.set_rng_state(payload["rng"])
+        self._fwd_flops = self.table.sparse_fwd(self.method.density())
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _prep(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.setup.channels_last else x
+
+    def _autocast(self):
+        if self.setup.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.setup.device.type, dtype=self.setup.amp_dtype)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        s, st = self.setup, self.state
+        self.model.train()
+        start_step = st.step - epoch * s.steps_per_epoch
+        micro = s.grad_accum
+        run_loss = torch.zeros((), device=s.device)
+        run_correct = torch.zeros((), device=s.device, dtype=torch.long)
+        run_n = 0
+        bad = torch.zeros((), dtype=torch.bool, device=s.device)
+        bar = tqdm(total=s.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{s.epochs}",
+                   disable=not s.progress if s.progress is not None else None, leave=False,
+                   unit="step", dynamic_ncols=True)
+        t_last, n_last = time.perf_counter(), 0
+        batches = self.data.train.batches(epoch, start_step * micro)
+        for _ in range(start_step, s.steps_per_epoch):
+            batch_n = 0
+            for _m in range(micro):
+                x, y = next(batches)
+                with self._autocast():
+                    out = self.forward(self._prep(x))
+                    loss = F.cross_entropy(out.float(), y, label_smoothing=s.label_smoothing)
+                (loss / micro).backward()
+                self.method.after_backward(st.step)
+                bad |= ~torch.isfinite(loss.detach())
+                run_loss += loss.detach() * y.numel()
+                run_correct += topk_correct(out.detach(), y, (1,))[0]
+                batch_n += y.numel()
+            run_n += batch_n
+            self._optimizer_step(batch_n)
+            bar.update(1)
+            check = s.device.type == "cpu" or st.step % s.log_every == 0
+            if check and bool(bad):
+                self._fail(float(run_loss / max(run_n, 1)), epoch)
+            if st.step % s.log_every == 0 or st.step % s.steps_per_epoch == 0:
+                mean = run_loss.item() / run_n
+                now = time.perf_counter()
+                ips = (run_n - n_last) / max(now - t_last, 1e-9)
+                t_last, n_last = now, run_n
+                self._log("train", st.step / s.steps_per_epoch,
+                          {"loss": mean, "acc1": 100.0 * run_correct.item() / run_n,
+                           "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": ips})
+                bar.set_postfix(loss=f"{mean:.3f}", acc=f"{100.0 * run_correct.item() / run_n:.1f}",
+                                img_s=f"{ips:.0f}")
+            if self._stop or (s.stop_after_steps is not None and st.step >= s.stop_after_steps):
+                bar.close()
+                self.save(ckpt.LAST)
+                raise Interrupted(f"stopped at step {st.step}")
+        bar.close()
+        if bool(bad):
+            self._fail(float(run_loss / max(run_n, 1)), epoch)
+        return {"loss": run_loss.item() / max(run_n, 1), "acc1": 100.0 * run_correct.item() / max(run_n, 1)}
+
+    def _optimizer_step(self, batch_n: int) -> None:
+        st = self.state
+        lr = self.lr_at(st.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.method.before_optimizer_step(st.step):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        event = self.method.after_optimizer_step(st.step)
+        st.train_flops += train_flops_per_sample(self._fwd_flops) * batch_n
+        st.train_flops += self.method.extra_flops(st.step, batch_n)
+        st.step += 1
+        if event is not None:
+            self._fwd_flops = self.table.sparse_fwd(self.method.density())
+            self._log("mask_update", st.step / self.setup.steps_per_epoch, event, event="mask_update")
+
+    def _log(self, split: str, epoch: float, metrics: dict[str, Any], event: str | None = None) -> None:
+        density = self.method.density()
+        record = {"event": event or split, "step": self.state.step, "epoch": round(epoch, 4),
+                  "split": split if event is None else None, **metrics,
+                  "train_flops": self.state.train_flops,
+                  "sparsity": self._global_sparsity(density),
+                  "wall_time": round(self.state.train_s + self._epoch_elapsed(), 3)}
+        self.loggers.log({k: v for k, v in record.items() if v is not None})
+
+    def _epoch_elapsed(self) -> float:
+        return 0.0 if self._epoch_t0 is None else time.perf_counter() - self._epoch_t0
+
+    def _global_sparsity(self, density: dict[str, float]) -> float:
+        if not density:
+            return 0.0
+        total = sum(self.table[n].numel for n in density)
+        return 1.0 - sum(self.table[n].numel * d for n, d in density.items()) / total
+
+    def _fail(self, loss: float, epoch: int) -> None:
+        raise TrainingFailed(
+            f"loss became {loss} at step {self.state.step} (epoch {epoch + 1}); training stopped "
+            f"and checkpoints/{ckpt.LAST} holds the last good epoch; lower optimizer.lr or add "
+            "warm-up (schedule.warmup_epochs)"
+        )
+
+    def _print_epoch(self, epoch: int, tr: dict[str, float], ev: dict[str, float]) -> None:
+        tqdm.write(f"epoch {epoch + 1:>3}/{self.setup.epochs}  train loss {tr['loss']:.4f} "
+                   f"acc {tr['acc1']:.2f}  |  test loss {ev['loss']:.4f} acc1 {ev['acc1']:.2f} "
+                   f"acc5 {ev['acc5']:.2f}  |  {self.state.epoch_s[-1]:.1f}s")
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGTERM (cluster preemption) and SIGUSR1 finish the step, checkpoint, and stop."""
+        def handler(signum, frame):
+            self._stop = True
+
+        previous = {}
+        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+            if sig is not None:
+                try:
+                    previous[sig] = signal.signal(sig, handler)
+                except ValueError:  # not the main thread
+                    pass
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
