@@ -5,15 +5,18 @@
 // region, so one source yields AVX-512, AVX2 and baseline x86-64 code and the binary picks
 // one at run time (it must not crash on CPUs without AVX-512). Vectors are GCC vector
 // extensions of 64 bytes: a zmm register under AVX-512, two ymm under AVX2, four xmm
-// otherwise. CFI_GATHER16 (set by the includer) enables the AVX-512 gather for batch 1.
+// otherwise. CFI_GATHER16 (set by the includer) enables AVX-512 gathers for tiny batches.
 //
-// Layouts (W = condensed values V[n_out, k] with column indices I[n_out, k]):
-//   rows  : "row r of a sparse matrix" = entries p in [begin(r), end(r)) with col(p), val(p).
-//           FixedRows is the condensed form itself (forward), TransRows its CSC transpose
-//           (backward to the input), so one kernel serves both products.
-//   srcT  : a dense operand stored transposed, [n_src, ld] with ld a multiple of the vector
-//           width and zero padding, so the inner loop is an AXPY of whole vectors over batch.
-// Accumulation is always fp32 (fp64 for double inputs); bf16 is stored as raw uint16 bits.
+// Vocabulary (W = condensed values V[n_out, k] with column indices I[n_out, k]):
+//   Rows  : "row r of a sparse matrix" = entries p in [begin(r), end(r)) with col(p), val(p).
+//           The condensed form itself (forward, fixed k) or its CSC transpose (backward to
+//           the input, values pre-gathered into CSC order), so one kernel serves both.
+//   srcT  : a dense operand stored transposed, [n_src, ld], ld a multiple of one chunk and
+//           zero padded, so inner loops run over whole vectors of the batch.
+//   Chunk : what one 64-byte load of srcT becomes: 16 fp32, 8 fp64, or 32 bf16 split into
+//           even and odd lanes (two fp32 vectors, one shift and one mask, no shuffles); sums
+//           over the batch do not care about lane order, stores undo it with lane().
+// Accumulation is always fp32 (fp64 for double inputs); bf16 is handled as raw uint16 bits.
 
 using bf16_raw = uint16_t;
 
@@ -22,7 +25,6 @@ template <> struct AccOf<double> { using type = double; };
 template <typename T> using acc_t = typename AccOf<T>::type;
 template <typename A> struct VecOf { typedef A type __attribute__((vector_size(64))); };
 template <typename T> using vec_t = typename VecOf<acc_t<T>>::type;
-template <typename T> constexpr int lanes() { return 64 / int(sizeof(acc_t<T>)); }
 
 static inline float to_acc(float v) { return v; }
 static inline double to_acc(double v) { return v; }
@@ -42,24 +44,24 @@ template <> inline bf16_raw from_acc<bf16_raw>(float v) {  // round to nearest e
   return bf16_raw(u >> 16);
 }
 
-static inline vec_t<float> vload(const float* p) {
-  vec_t<float> v;
-  std::memcpy(&v, p, 64);
-  return v;
-}
-static inline vec_t<double> vload(const double* p) {
-  vec_t<double> v;
-  std::memcpy(&v, p, 64);
-  return v;
-}
-static inline vec_t<float> vload(const bf16_raw* p) {
-  typedef uint16_t h16 __attribute__((vector_size(32)));
-  typedef uint32_t w16 __attribute__((vector_size(64)));
-  h16 h;
-  std::memcpy(&h, p, 32);
-  const w16 w = __builtin_convertvector(h, w16) << 16;
-  return (vec_t<float>)w;
-}
+template <typename T> struct Chunk {  // fp32 / fp64: one vector, natural lane order
+  static constexpr int elems = 64 / int(sizeof(T));
+  static constexpr int nvec = 1;
+  static inline void load(const T* p, vec_t<T>* v) { std::memcpy(v, p, 64); }
+  static inline int lane(int e) { return e; }
+};
+template <> struct Chunk<bf16_raw> {  // 32 bf16 -> even lanes, odd lanes
+  static constexpr int elems = 32;
+  static constexpr int nvec = 2;
+  static inline void load(const bf16_raw* p, vec_t<float>* v) {
+    typedef uint32_t w16 __attribute__((vector_size(64)));
+    w16 w;
+    std::memcpy(&w, p, 64);
+    v[0] = (vec_t<float>)(w << 16);
+    v[1] = (vec_t<float>)(w & 0xffff0000u);
+  }
+  static inline int lane(int e) { return (e & 1) * 16 + (e >> 1); }
+};
 
 template <typename V, typename A> static inline A hsum(V v) {  // tree reduction of one vector
   constexpr int n = int(sizeof(V) / sizeof(A));
@@ -70,25 +72,13 @@ template <typename V, typename A> static inline A hsum(V v) {  // tree reduction
   return s[0];
 }
 
-template <typename T> struct FixedRows {  // the condensed matrix: row r holds [r*k, r*k + k)
-  const int32_t* idx;
-  const T* val;
-  int64_t k;
-  int64_t begin(int64_t r) const { return r * k; }
-  int64_t end(int64_t r) const { return r * k + k; }
-  int32_t col(int64_t p) const { return idx[p]; }
-  acc_t<T> value(int64_t p) const { return to_acc(val[p]); }
-};
-
-template <typename T> struct TransRows {  // its CSC transpose: row i lists (o, position)
+template <typename T> struct Rows {  // fixed k when ptr is null, else CSC row pointers
   const int32_t* ptr;
-  const int32_t* row;
-  const int32_t* pos;
-  const T* val;
-  int64_t begin(int64_t r) const { return ptr[r]; }
-  int64_t end(int64_t r) const { return ptr[r + 1]; }
-  int32_t col(int64_t p) const { return row[p]; }
-  acc_t<T> value(int64_t p) const { return to_acc(val[pos[p]]); }
+  const int32_t* cols;
+  const T* vals;
+  int64_t k;
+  int64_t begin(int64_t r) const { return ptr ? ptr[r] : r * k; }
+  int64_t end(int64_t r) const { return ptr ? ptr[r + 1] : r * k + k; }
 };
 
 template <typename T> struct Out {  // destination [nb, ld] row-major, written column r
@@ -97,82 +87,122 @@ template <typename T> struct Out {  // destination [nb, ld] row-major, written c
   const T* bias;  // may be null
 };
 
-// out[b0 + u, r] = sum_p val(p) * srcT[col(p), b0 + u] (+ bias[r]) for one batch tile of
-// NV vectors, rows [r0, r1). Returns false when an index is outside [0, n_src).
-template <int NV, typename T, typename Rows>
-static bool axpy_tile(const Rows& rows, const T* srcT, int64_t n_src, int64_t ld, int64_t b0,
+constexpr int kPrefetch = 6;  // entries ahead: row gathers are random, the prefetcher can't guess
+
+// out[b0 + u, r] = sum_p val(p) * srcT[col(p), b0 + u] (+ bias[r]) for one batch tile of NC
+// chunks, rows [r0, r1). Returns false when an index is outside [0, n_src).
+template <int NC, typename T>
+static bool axpy_tile(const Rows<T>& rows, const T* srcT, int64_t n_src, int64_t ld, int64_t b0,
                       int64_t nb, const Out<T>& out, int64_t r0, int64_t r1) {
   using A = acc_t<T>;
   using V = vec_t<T>;
-  constexpr int L = lanes<T>();
+  using C = Chunk<T>;
+  constexpr int NV = NC * C::nvec;
   bool ok = true;
   for (int64_t r = r0; r < r1; ++r) {
     V acc[NV] = {};
-    for (int64_t p = rows.begin(r), e = rows.end(r); p < e; ++p) {
-      const uint32_t c = uint32_t(rows.col(p));
-      if (c >= uint64_t(n_src)) { ok = false; continue; }
-      const A v = rows.value(p);
-      const T* s = srcT + int64_t(c) * ld + b0;
-      for (int t = 0; t < NV; ++t) acc[t] += v * vload(s + t * L);
+    const int64_t e = rows.end(r);
+    for (int64_t p = rows.begin(r); p < e; ++p) {
+      if (p + kPrefetch < e) {
+        const char* f = reinterpret_cast<const char*>(srcT + int64_t(uint32_t(rows.cols[p + kPrefetch])) * ld + b0);
+        for (int c = 0; c < NC; ++c) __builtin_prefetch(f + 64 * c);
+      }
+      const uint32_t col = uint32_t(rows.cols[p]);
+      if (col >= uint64_t(n_src)) { ok = false; continue; }
+      const A v = to_acc(rows.vals[p]);
+      const T* s = srcT + int64_t(col) * ld + b0;
+      for (int c = 0; c < NC; ++c) {
+        V x[C::nvec];
+        C::load(s + c * C::elems, x);
+        for (int h = 0; h < C::nvec; ++h) acc[c * C::nvec + h] += v * x[h];
+      }
     }
-    A tmp[NV * L];
-    std::memcpy(tmp, acc, sizeof(tmp));
+    A tmp[NV * 64 / sizeof(A)];
+    std::memcpy(tmp, acc, sizeof(acc));
     const A add = out.bias ? to_acc(out.bias[r]) : A(0);
-    const int64_t n = nb - b0 < NV * L ? nb - b0 : NV * L;
-    for (int64_t u = 0; u < n; ++u) out.data[(b0 + u) * out.ld + r] = from_acc<T>(tmp[u] + add);
+    const int64_t n = nb - b0 < NC * C::elems ? nb - b0 : NC * C::elems;
+    for (int64_t u = 0; u < n; ++u) {
+      const int64_t c = u / C::elems, lane = C::lane(int(u % C::elems));
+      out.data[(b0 + u) * out.ld + r] = from_acc<T>(tmp[c * C::elems + lane] + add);
+    }
   }
   return ok;
 }
 
-// All batch tiles (up to 4 vectors = 64 fp32 columns each) for rows [r0, r1).
-template <typename T, typename Rows>
-static bool axpy_rows(const Rows& rows, const T* srcT, int64_t n_src, int64_t ld, int64_t nb,
+// Rows [r0, r1) over all batch tiles (up to 4 chunks = 256 bytes of each srcT row per tile).
+// Rows go in blocks of kRowBlock so a block's entries stay in L1 while the tiles sweep.
+constexpr int64_t kRowBlock = 16;
+template <typename T>
+static bool axpy_rows(const Rows<T>& rows, const T* srcT, int64_t n_src, int64_t ld, int64_t nb,
                       const Out<T>& out, int64_t r0, int64_t r1) {
-  constexpr int L = lanes<T>();
+  constexpr int E = Chunk<T>::elems;
   bool ok = true;
-  for (int64_t b0 = 0; b0 < nb; b0 += 4 * L) {
-    switch ((nb - b0 + L - 1) / L) {
-      case 1: ok &= axpy_tile<1>(rows, srcT, n_src, ld, b0, nb, out, r0, r1); break;
-      case 2: ok &= axpy_tile<2>(rows, srcT, n_src, ld, b0, nb, out, r0, r1); break;
-      case 3: ok &= axpy_tile<3>(rows, srcT, n_src, ld, b0, nb, out, r0, r1); break;
-      default: ok &= axpy_tile<4>(rows, srcT, n_src, ld, b0, nb, out, r0, r1); break;
+  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
+    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
+    for (int64_t b0 = 0; b0 < nb; b0 += 4 * E) {
+      switch ((nb - b0 + E - 1) / E) {
+        case 1: ok &= axpy_tile<1>(rows, srcT, n_src, ld, b0, nb, out, rb, re); break;
+        case 2: ok &= axpy_tile<2>(rows, srcT, n_src, ld, b0, nb, out, rb, re); break;
+        case 3: ok &= axpy_tile<3>(rows, srcT, n_src, ld, b0, nb, out, rb, re); break;
+        default: ok &= axpy_tile<4>(rows, srcT, n_src, ld, b0, nb, out, rb, re); break;
+      }
     }
   }
   return ok;
 }
+
+#ifdef CFI_GATHER16
+// 16 entries of one row at once: sum_p val(p) * xb[col(p)] with AVX-512 gathers.
+static inline __m512 gather16(const float* xb, __m512i c, __mmask16 in) {
+  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in, c, xb, 4);
+}
+static inline __m512 gather16(const bf16_raw* xb, __m512i c, __mmask16 in) {
+  // 32-bit gather at xb + 2c - 2: the high half is xb[c], already in fp32 position. Lanes with
+  // c == 0 would read before the buffer, so they take xb[0] from the pass-through operand.
+  const __m512 x0 = _mm512_set1_ps(to_acc(xb[0]));
+  const __mmask16 m = in & _mm512_test_epi32_mask(c, c);
+  const __m512i g = _mm512_mask_i32gather_epi32(_mm512_castps_si512(x0), m, c,
+                                                reinterpret_cast<const char*>(xb) - 2, 2);
+  return _mm512_castsi512_ps(_mm512_and_si512(g, _mm512_set1_epi32(int32_t(0xffff0000u))));
+}
+static inline __m512 load16(const float* v) { return _mm512_loadu_ps(v); }
+static inline __m512 load16(const bf16_raw* v) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#endif
 
 // Gather-dot in the natural layout, for small batches: out[b, r] = sum_p val(p) * x[b, col(p)].
-template <typename T, typename Rows>
-static bool dot_rows(const Rows& rows, const T* x, int64_t ldx, int64_t n_src, int64_t nb,
+template <typename T>
+static bool dot_rows(const Rows<T>& rows, const T* x, int64_t ldx, int64_t n_src, int64_t nb,
                      const Out<T>& out, int64_t r0, int64_t r1) {
   using A = acc_t<T>;
   uint32_t bad = 0;
   for (int64_t r = r0; r < r1; ++r) {
     const A add = out.bias ? to_acc(out.bias[r]) : A(0);
+    const int64_t p0 = rows.begin(r), e = rows.end(r);
     for (int64_t b = 0; b < nb; ++b) {
       const T* xb = x + b * ldx;
-      const int64_t p0 = rows.begin(r), e = rows.end(r);
       A s = 0;
       int64_t p = p0;
 #ifdef CFI_GATHER16
-      if constexpr (std::is_same<T, float>::value && std::is_same<Rows, FixedRows<float>>::value) {
+      if constexpr (!std::is_same<T, double>::value) {
         __m512 acc = _mm512_setzero_ps();
         const __m512i lim = _mm512_set1_epi32(int32_t(n_src));
         for (; p + 16 <= e; p += 16) {
-          const __m512i c = _mm512_loadu_si512(rows.idx + p);
+          const __m512i c = _mm512_loadu_si512(rows.cols + p);
           const __mmask16 in = _mm512_cmplt_epu32_mask(c, lim);
           bad |= uint32_t(in != 0xffff);
-          const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in, c, xb, 4);
-          acc = _mm512_fmadd_ps(_mm512_loadu_ps(rows.val + p), g, acc);
+          acc = _mm512_fmadd_ps(load16(rows.vals + p), gather16(xb, c, in), acc);
         }
         s = _mm512_reduce_add_ps(acc);
       }
 #endif
       for (; p < e; ++p) {
-        const uint32_t c = uint32_t(rows.col(p));
+        const uint32_t c = uint32_t(rows.cols[p]);
         const bool in = c < uint64_t(n_src);
         bad |= uint32_t(!in);
-        s += rows.value(p) * to_acc(xb[in ? c : 0]);
+        s += to_acc(rows.vals[p]) * to_acc(xb[in ? c : 0]);
       }
       out.data[b * out.ld + r] = from_acc<T>(s + add);
     }
@@ -187,24 +217,39 @@ static bool sddmm_rows(const int32_t* idx, int64_t k, const T* dyT, const T* xT,
                        int64_t ld, T* dv, int64_t o0, int64_t o1) {
   using A = acc_t<T>;
   using V = vec_t<T>;
-  constexpr int L = lanes<T>();
+  using C = Chunk<T>;
+  constexpr int E = C::elems;
   bool ok = true;
   for (int64_t o = o0; o < o1; ++o) {
     const T* d = dyT + o * ld;
     for (int64_t j = 0; j < k; ++j) {
+      if (j + 1 < k) {  // next row: one line per chunk, the hardware prefetcher follows
+        const char* f = reinterpret_cast<const char*>(xT + int64_t(uint32_t(idx[o * k + j + 1])) * ld);
+        __builtin_prefetch(f);
+        __builtin_prefetch(f + 64);
+      }
       const uint32_t c = uint32_t(idx[o * k + j]);
       if (c >= uint64_t(n_src)) { ok = false; dv[o * k + j] = from_acc<T>(A(0)); continue; }
       const T* s = xT + int64_t(c) * ld;
-      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      V a[2 * C::nvec] = {};
       int64_t b = 0;
-      for (; b + 4 * L <= ld; b += 4 * L) {
-        a0 += vload(d + b) * vload(s + b);
-        a1 += vload(d + b + L) * vload(s + b + L);
-        a2 += vload(d + b + 2 * L) * vload(s + b + 2 * L);
-        a3 += vload(d + b + 3 * L) * vload(s + b + 3 * L);
+      for (; b + 2 * E <= ld; b += 2 * E) {
+        V dd[2 * C::nvec], xx[2 * C::nvec];
+        C::load(d + b, dd);
+        C::load(d + b + E, dd + C::nvec);
+        C::load(s + b, xx);
+        C::load(s + b + E, xx + C::nvec);
+        for (int h = 0; h < 2 * C::nvec; ++h) a[h] += dd[h] * xx[h];
       }
-      for (; b < ld; b += L) a0 += vload(d + b) * vload(s + b);
-      dv[o * k + j] = from_acc<T>(hsum<V, A>((a0 + a1) + (a2 + a3)));
+      for (; b < ld; b += E) {
+        V dd[C::nvec], xx[C::nvec];
+        C::load(d + b, dd);
+        C::load(s + b, xx);
+        for (int h = 0; h < C::nvec; ++h) a[h] += dd[h] * xx[h];
+      }
+      V t = a[0];
+      for (int h = 1; h < 2 * C::nvec; ++h) t += a[h];
+      dv[o * k + j] = from_acc<T>(hsum<V, A>(t));
     }
   }
   return ok;
@@ -230,4 +275,18 @@ static bool sddmm_rows_natural(const int32_t* idx, int64_t k, const T* dy, int64
     }
   }
   return ok;
+}
+
+// Entry points for the glue; SpmmProblem / SddmmProblem are defined by the includer.
+template <typename T> bool spmm_part(const SpmmProblem<T>& q, int64_t r0, int64_t r1) {
+  const Out<T> out{q.out, q.ld_out, q.bias};
+  const Rows<T> rows{q.ptr, q.cols, q.vals, q.k};
+  return q.transposed ? axpy_rows(rows, q.src, q.n_src, q.ld_src, q.nb, out, r0, r1)
+                      : dot_rows(rows, q.src, q.ld_src, q.n_src, q.nb, out, r0, r1);
+}
+
+template <typename T> bool sddmm_part(const SddmmProblem<T>& q, int64_t o0, int64_t o1) {
+  return q.transposed
+             ? sddmm_rows(q.idx, q.k, q.dy, q.x, q.n_src, q.ld_x, q.dv, o0, o1)
+             : sddmm_rows_natural(q.idx, q.k, q.dy, q.ld_dy, q.x, q.ld_x, q.n_src, q.nb, q.dv, o0, o1);
 }

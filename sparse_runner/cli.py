@@ -73,8 +73,8 @@ def check_writable(path: Path) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write the output directory {path}: {probe} is not writable; "
-                        "choose another with out_dir=<dir>")
+        raise UserError(f"cannot write the output directory {path}: {probe} is not a writable "
+                        "directory; choose another with out_dir=<dir>")
 
 
 def task(cfg: DictConfig) -> Any:

@@ -81,6 +81,7 @@ class Run:
         self.sparse: list[str] = []
         self.iso: IsoFlopResult | None = None
         self.s_eff = float(cfg.s)
+        self.steps_per_epoch = 0
         self.trainer: Trainer | None = None
         self.wandb_id: str | None = None
 
@@ -117,6 +118,13 @@ class Run:
             if not self.sparse:
                 raise UserError("no layer is left to sparsify after sparse.dense; keep fewer "
                                 "layers dense")
+        self.model.to(self.device)
+        t = cfg.trainer
+        self.steps_per_epoch = len(self.data.train) // t.grad_accum
+        if self.steps_per_epoch < 1:
+            raise UserError(f"the training set ({self.data.num_train} samples) is smaller than one "
+                            f"step of {t.batch_size * t.grad_accum}; lower trainer.batch_size")
+        self.method.prepare(self.model, self.context(t.epochs * self.steps_per_epoch))
         self._search_isoflop()
 
     def _extra_dense(self) -> int:
@@ -147,14 +155,10 @@ class Run:
     def setup_training(self) -> None:
         cfg, t = self.cfg, self.cfg.trainer
         data, model = self.data, self.model
-        model.to(self.device)
         channels_last = _auto(t.channels_last, self.device.type == "cuda")
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        steps_per_epoch = len(data.train) // t.grad_accum
-        if steps_per_epoch < 1:
-            raise UserError(f"the training set ({data.num_train} samples) is smaller than one step "
-                            f"of {t.batch_size * t.grad_accum}; lower trainer.batch_size")
+        steps_per_epoch = self.steps_per_epoch
         total = t.epochs * steps_per_epoch
         ctx = self.context(total)
         self.method.setup(model, ctx)
@@ -275,11 +279,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     re-raised for the CLI to turn into an exit code; bugs keep their traceback.
     """
     r = Run(cfg, Path(run_dir))
+    try:
+        r.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run directory {r.run_dir}: {exc.strerror}; choose "
+                        "another with out_dir=<dir>") from None
     status, error, raised = "completed", None, None
     try:
         r.build()
         if cfg.run.dry_run:
-            r.method.setup(r.model, r.context(total_steps=1))
+            r.method.setup(r.model, r.context(r.cfg.trainer.epochs * r.steps_per_epoch))
             out = r.dry_run()
             sm.write(r.run_dir, out)
             return out

@@ -41,6 +41,7 @@ class TrainState:
     epoch_s: list[float] = field(default_factory=list)
     last_train_loss: float = float("nan")
     last_eval: dict[str, float] = field(default_factory=dict)
+    partial: dict[str, float] = field(default_factory=dict)  # running sums of an unfinished epoch
 
 
 @dataclass
@@ -167,9 +168,11 @@ class Trainer:
         self.model.train()
         start_step = st.step - epoch * s.steps_per_epoch
         micro = s.grad_accum
-        run_loss = torch.zeros((), device=s.device)
-        run_correct = torch.zeros((), device=s.device, dtype=torch.long)
-        run_n = 0
+        part = st.partial if start_step > 0 else {}
+        run_loss = torch.tensor(part.get("loss_sum", 0.0), device=s.device)
+        run_correct = torch.tensor(int(part.get("correct", 0)), device=s.device)
+        run_n = int(part.get("n", 0))
+        st.partial = {}
         bad = torch.zeros((), dtype=torch.bool, device=s.device)
         bar = tqdm(total=s.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{s.epochs}",
                    disable=not s.progress if s.progress is not None else None, leave=False,
@@ -207,6 +210,7 @@ class Trainer:
                                 img_s=f"{ips:.0f}")
             if self._stop or (s.stop_after_steps is not None and st.step >= s.stop_after_steps):
                 bar.close()
+                st.partial = {"loss_sum": run_loss.item(), "correct": run_correct.item(), "n": run_n}
                 self.save(ckpt.LAST)
                 raise Interrupted(f"stopped at step {st.step}")
         bar.close()

@@ -7,10 +7,18 @@ import torch
 
 from ..registry import Registry
 from .base import Augment, Data, DataSpec, Loader, TensorLoader, mix_seed
+from .cifar import build_cifar10, build_cifar100
 from .digits import build_digits
+from .fake import write_fake_cifar, write_fake_imagenet
+from .imagenet import build_imagenet
+from .synthetic import build_synthetic
 
 DATASETS: Registry[Callable[..., Data]] = Registry("dataset")
 DATASETS.register("digits")(build_digits)
+DATASETS.register("cifar10")(build_cifar10)
+DATASETS.register("cifar100")(build_cifar100)
+DATASETS.register("imagenet")(build_imagenet)
+DATASETS.register("synthetic")(build_synthetic)
 
 
 def build_data(cfg: Mapping[str, Any], *, batch_size: int, eval_batch_size: int, seed: int,
@@ -25,4 +33,4 @@ def build_data(cfg: Mapping[str, Any], *, batch_size: int, eval_batch_size: int,
 
 
 __all__ = ["Augment", "DATASETS", "Data", "DataSpec", "Loader", "TensorLoader", "build_data",
-           "mix_seed"]
+           "mix_seed", "write_fake_cifar", "write_fake_imagenet"]

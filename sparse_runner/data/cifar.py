@@ -14,6 +14,7 @@ the folder is missing or unreadable; it never replaces a readable set.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import logging
@@ -101,7 +102,7 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
         from numpy.core import multiarray, numeric  # type: ignore[no-redef]
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): __import__("codecs").encode,
+        ("_codecs", "encode"): codecs.encode,
     }
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
@@ -143,8 +144,17 @@ def _read_pickle(path: Path, layout: CifarLayout) -> tuple[dict[str, Any], str]:
 
 def _describe(value: Any) -> str:
     if isinstance(value, np.ndarray):
-        return f"a {value.dtype} array of shape {list(value.shape)}"
-    return f"a {type(value).__name__}"
+        return f"has dtype {value.dtype} and shape {list(value.shape)}"
+    return f"is a {type(value).__name__}"
+
+
+def _label_array(value: Any) -> np.ndarray | None:
+    """Labels as an array (a list of ints in the official files); None if not array-like."""
+    try:
+        labels = np.asarray(value)
+    except (TypeError, ValueError):  # e.g. ragged nested lists
+        return None
+    return labels.astype(np.int64) if labels.size == 0 else labels
 
 
 def _validate(entries: Mapping[str, Any], path: Path, layout: CifarLayout
@@ -158,13 +168,12 @@ def _validate(entries: Mapping[str, Any], path: Path, layout: CifarLayout
     data = entries["data"]
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
             and data.shape[1] == 3 * 32 * 32):
-        raise UserError(f"{where}: 'data' is {_describe(data)}, expected a uint8 array of "
+        raise UserError(f"{where}: 'data' {_describe(data)}, expected a uint8 array of "
                         f"shape [N, 3072]; {REFETCH}")
-    labels = np.asarray(entries[layout.label_key])
-    if labels.size == 0:
-        labels = labels.astype(np.int64)
-    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu":
-        raise UserError(f"{where}: {layout.label_key!r} is {_describe(labels)}, expected "
+    labels = _label_array(entries[layout.label_key])
+    if labels is None or labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu":
+        shown = entries[layout.label_key] if labels is None else labels
+        raise UserError(f"{where}: {layout.label_key!r} {_describe(shown)}, expected "
                         f"{data.shape[0]} integer labels (one per image); {REFETCH}")
     if labels.size and (labels.min() < 0 or labels.max() >= layout.num_classes):
         raise UserError(f"{where}: labels range from {labels.min()} to {labels.max()}, "

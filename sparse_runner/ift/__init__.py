@@ -1,4 +1,8 @@
-"""Sparse Iso-FLOP Transformations (Sparse-IFT): one module per family, selected by ``ift=<name>``."""
+"""Sparse Iso-FLOP Transformations (Sparse-IFT): one module per family, selected by ``ift=<name>``.
+
+``none`` (the model as built), ``wide`` (wide.py), ``parallel`` (parallel.py), ``factorized``
+(factorized.py) and ``doped`` (doped.py); layer selection and module surgery shared in _swap.py.
+"""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
@@ -7,6 +11,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..flops import trace_layers
+from . import doped, factorized, parallel, wide  # noqa: F401  (register the families)
+from ._swap import IFTModule
 from .base import IFTS, IFTFamily
 
 
@@ -22,10 +28,17 @@ def build_ift_model(cfg: Mapping[str, Any], s: float, build: Callable[[float], n
     if family.requires_sparsity and s <= 0:
         raise UserError(f"ift={family.name} needs a sparsity s > 0 (it is parameterised by s); "
                         "set e.g. s=0.5, or use ift=none for the dense model")
-    model = build(family.width_mult(s))
+    model = family.build(build, s, input_shape)
     names = trace_layers(model, input_shape).names
     keep = {n.rsplit(".", 1)[0] for n in (names[:1] + names[-1:])}
     return family.transform(model, s, keep)
 
 
-__all__ = ["IFTS", "IFTFamily", "build_family", "build_ift_model"]
+def describe_ift(cfg: Mapping[str, Any], s: float, model: nn.Module) -> dict[str, Any]:
+    """What the IFT did, for summary.json: family facts plus each replaced layer's rank/branches."""
+    info = build_family(cfg).describe(s)
+    layers = {name: m.describe() for name, m in model.named_modules() if isinstance(m, IFTModule)}
+    return {**info, "layers": layers} if layers else info
+
+
+__all__ = ["IFTS", "IFTFamily", "build_family", "build_ift_model", "describe_ift"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from . import static  # noqa: F401  (registers method=static)
+from . import rigl, srigl, static  # noqa: F401  (register method=rigl, srigl, static)
+from . import set as _set  # noqa: F401  (registers method=set; aliased: keep the builtin set)
 from .base import METHODS, SetupContext, SparsityMethod, planned_nnz, random_mask, register
 from .distributions import layer_density, layer_nnz
 from .filter import mark_dense, select_sparse

@@ -2,7 +2,8 @@
 
 The loop never branches on the method's name: it calls these hooks in this order::
 
-    method.setup(model, ctx)                 # before training: build masks (PaI methods score here)
+    method.prepare(model, ctx)               # before the Iso-FLOP search (PaI methods score here)
+    method.setup(model, ctx)                 # before training: build masks at the searched s
     method.attach_optimizer(optimizer)
     for each optimizer step:
         for each micro-batch: loss.backward(); method.after_backward(step)
@@ -10,8 +11,8 @@ The loop never branches on the method's name: it calls these hooks in this order
         event = method.after_optimizer_step(step)                 # mask updates on schedule
     method.state_dict() / load_state_dict()  # checkpoints
 
-Planning functions (``planned_density``, ``mean_fwd_flops``) are pure and run before any
-weights exist: the Iso-FLOP search and dry runs call them many times.
+Planning functions (``planned_density``, ``mean_fwd_flops``) run before the masks exist: the
+Iso-FLOP search and dry runs call them many times, after ``prepare`` (which may look at data).
 """
 from __future__ import annotations
 
@@ -81,6 +82,10 @@ class SparsityMethod:
         return table.sparse_fwd(self.planned_density(table, sparse, s, distribution, extra_dense))
 
     # ---- lifecycle ---------------------------------------------------------------------------
+    def prepare(self, model: nn.Module, ctx: SetupContext) -> None:
+        """Before the Iso-FLOP search (``ctx.s`` is the requested s): data-dependent methods
+        compute what ``mean_fwd_flops`` needs here, e.g. pruning-at-init scores on the dense init."""
+
     def setup(self, model: nn.Module, ctx: SetupContext) -> None:
         """Create masks before training. Default: random exact-count masks per the distribution."""
         self.ctx = ctx

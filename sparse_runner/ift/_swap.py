@@ -1,0 +1,160 @@
+"""Shared machinery of the members that replace layers (Sparse Parallel, Factorized, Doped).
+
+Which layers are transformed: every plain ``nn.Conv2d`` and ``nn.Linear`` except
+
+* the stem and the head (``keep``: the first and last layers executed stay dense, as in the
+  paper),
+* layers matched by ``ift.exclude`` (glob patterns on module or weight names; the official
+  code leaves ResNet's 1x1 shortcut convs untransformed: ``ift.exclude=['*downsample*']``),
+* depthwise convs (``groups == in_channels``): left unchanged and *dense*, which keeps their
+  FLOPs equal to the baseline's (appendix A.1.1: "we opt not to sparsify them").
+
+By default the 1x1 shortcut convs are transformed too: the rule is one line for any model
+built from Conv2d/Linear layers, and the Iso-FLOP search makes either choice Iso-FLOP.
+Anything the rule cannot handle (Conv1d/Conv3d, a Conv2d/Linear subclass with its own forward,
+a grouped conv for a member that needs a full matrix) is a one-line error naming the layer:
+a layer is never silently skipped.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..flops import flop_modules
+from ..sparsity.filter import mark_dense
+from .base import IFTFamily
+
+Layer = nn.Conv2d | nn.Linear
+SUPPORTED = (nn.Conv2d, nn.Linear)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and module.groups == module.in_channels)
+
+
+def fan(layer: Layer) -> tuple[int, int]:
+    """(D_in, D_out) of the layer as a matrix: a k x k conv is (c_in * k * k) x c_out."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    kh, kw = layer.kernel_size
+    return layer.in_channels // layer.groups * kh * kw, layer.out_channels
+
+
+@dataclass
+class Plan:
+    transform: list[tuple[str, Layer]] = field(default_factory=list)
+    depthwise: list[tuple[str, nn.Conv2d]] = field(default_factory=list)
+
+
+def plan_layers(model: nn.Module, keep: set[str], exclude: Sequence[str], family: str, *,
+                grouped_ok: bool) -> Plan:
+    """Sort the model's Conv/Linear layers into transformed / depthwise; reject the rest."""
+    if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
+        raise UserError(f"ift.exclude={exclude!r} must be a list of glob patterns, "
+                        "e.g. ift.exclude=['*downsample*']")
+    plan, used = Plan(), set()
+    for name, module in list(flop_modules(model)):
+        if name in keep:
+            continue
+        hits = {p for p in exclude if fnmatchcase(name, p) or fnmatchcase(f"{name}.weight", p)}
+        if hits:
+            used |= hits
+            continue
+        if type(module) not in SUPPORTED:
+            raise UserError(
+                f"ift={family} cannot transform layer {name!r} of type {type(module).__name__} "
+                "(only plain Conv2d and Linear); leave it out with "
+                f"ift.exclude=['{name}'] or use ift=none"
+            )
+        if is_depthwise(module):
+            plan.depthwise.append((name, module))
+        elif isinstance(module, nn.Conv2d) and module.groups > 1 and not grouped_ok:
+            raise UserError(f"ift={family} cannot transform grouped conv {name!r} (groups="
+                            f"{module.groups}); leave it out with ift.exclude=['{name}']")
+        else:
+            plan.transform.append((name, module))
+    unused = [p for p in exclude if p not in used]
+    if unused:
+        raise UserError(f"ift.exclude pattern {unused[0]!r} matches no Conv/Linear layer; "
+                        "patterns match module names such as 'layer1.0.conv1'")
+    if not plan.transform:
+        raise UserError(f"ift={family} found no Conv2d/Linear layer to transform besides the "
+                        "stem, head, depthwise and excluded layers; use ift=none")
+    return plan
+
+
+def init_weight(layer: Layer) -> Layer:
+    """Fresh weights for a new layer: Kaiming-normal fan-out for convs (the ResNets' and the
+    official code's choice), PyTorch's default for Linear."""
+    layer.reset_parameters()
+    if isinstance(layer, nn.Conv2d):
+        nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+    return layer
+
+
+def fresh_copy(layer: Layer) -> Layer:
+    """A layer with the same configuration (shape, stride, groups, bias) and new weights."""
+    return init_weight(copy.deepcopy(layer))
+
+
+def factor(layer: Layer, rank: int, *, bias: bool) -> tuple[Layer, Layer]:
+    """U (the layer's kernel, stride and padding; ``rank`` outputs, no bias) and V (1x1 conv or
+    Linear from ``rank`` to the layer's outputs, with a bias if ``bias``)."""
+    kw: dict[str, Any] = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    if isinstance(layer, nn.Linear):
+        u = nn.Linear(layer.in_features, rank, bias=False, **kw)
+        v = nn.Linear(rank, layer.out_features, bias=bias, **kw)
+    else:
+        u = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding,
+                      layer.dilation, bias=False, padding_mode=layer.padding_mode, **kw)
+        v = nn.Conv2d(rank, layer.out_channels, 1, bias=bias, **kw)
+    return init_weight(u), init_weight(v)
+
+
+class FeatureBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the last dimension of any (..., features) input, for Linear layers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+def batch_norm(layer: Layer, features: int) -> nn.Module:
+    kw = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    if isinstance(layer, nn.Linear):
+        return FeatureBatchNorm(features, **kw)
+    return nn.BatchNorm2d(features, **kw)
+
+
+class IFTModule(nn.Module):
+    """Base of the modules a member puts in place of a layer; ``describe`` feeds summary.json."""
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class LayerSwap(IFTFamily):
+    """A member that replaces each planned layer by ``replace(layer, s)``; depthwise convs stay
+    as they are and are marked dense so the mask engine never sparsifies them."""
+
+    requires_sparsity = True
+    grouped_ok: ClassVar[bool] = False
+    options: ClassVar[dict[str, Any]] = {"exclude": []}
+
+    def transform(self, model: nn.Module, s: float, keep: set[str]) -> nn.Module:
+        plan = plan_layers(model, keep, list(self.cfg["exclude"]), self.name,
+                           grouped_ok=self.grouped_ok)
+        for _, conv in plan.depthwise:
+            mark_dense(conv.weight)
+        for name, layer in plan.transform:
+            model.set_submodule(name, self.replace(layer, s))
+        return model
+
+    def replace(self, layer: Layer, s: float) -> nn.Module:
+        raise NotImplementedError

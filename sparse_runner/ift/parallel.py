@@ -1,0 +1,63 @@
+"""Sparse Parallel (Sparse-IFT section 2.3): a layer becomes b = round(1/(1-s)) sparse copies,
+each followed by its own norm, summed: sum_j norm_j(layer_j(x)).
+
+This is the official code's structure (a conv + BN per branch, outputs summed; 2 / 4 / 10
+branches at s = 0.5 / 0.75 / 0.9) made generic: :class:`ParallelBranches` replaces the layer
+itself, so any model built from Conv2d/Linear layers takes it unchanged, and the norm that
+followed the layer in the model (e.g. the block's BN, zero-initialised for the residual) still
+follows the sum. Linear branches use a BatchNorm over the last dimension. With ``norm: none``
+the branches are linear and the sum collapses to one dense layer (the paper's remark).
+b is rounded like the official ``round()`` (ties to even); the Iso-FLOP search absorbs the
+rounding.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import IFTFamily, IFTS, expansion
+from ._swap import IFTModule, Layer, LayerSwap, batch_norm, fresh_copy
+
+
+def branches(s: float) -> int:
+    """Number of parallel branches k_sp = 1/(1-s), rounded (at least 1)."""
+    return max(1, round(expansion(s)))
+
+
+class ParallelBranches(IFTModule):
+    """sum_j norms[j](branches[j](x)); branch 0 is the original layer (its weights kept)."""
+
+    def __init__(self, layers: list[Layer], norms: list[nn.Module]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(layers)
+        self.norms = nn.ModuleList(norms)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.norms[0](self.branches[0](x))
+        for layer, norm in zip(self.branches[1:], self.norms[1:]):
+            out = out + norm(layer(x))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"branches": len(self.branches)}
+
+
+@IFTS.register("parallel")
+class Parallel(LayerSwap):
+    name = "parallel"
+    grouped_ok = True  # a branch is a copy of the layer, groups included
+    options = {**LayerSwap.options, "norm": "batch"}
+    choices = {"norm": ("batch", "none")}
+
+    def replace(self, layer: Layer, s: float) -> nn.Module:
+        b = branches(s)
+        layers = [layer] + [fresh_copy(layer) for _ in range(b - 1)]
+        features = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        norms = [batch_norm(layer, features) if self.cfg["norm"] == "batch" else nn.Identity()
+                 for _ in range(b)]
+        return ParallelBranches(layers, norms)
+
+    def describe(self, s: float) -> dict[str, Any]:
+        return {"branches": branches(s), "norm": self.cfg["norm"], "exclude": list(self.cfg["exclude"])}
