@@ -88,4 +88,28 @@ inline void check_backward_weight(const at::Tensor& grad, const at::Tensor& x,
   check_same_device(indices, x, op, "indices", "x");
 }
 
+inline void check_int32_range(const at::Tensor& values, int64_t n_in, const char* op) {
+  TORCH_CHECK_VALUE(values.numel() < (int64_t(1) << 31) && n_in < (int64_t(1) << 31), op,
+                    ": layers with 2^31 or more weights or inputs are not supported");
+}
+
+inline void check_transpose_index(const at::Tensor& indices, int64_t n_in, const char* op) {
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kInt, op, ": indices must be int32, got ",
+                   indices.scalar_type());
+  TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(1) >= 1, op,
+                    ": indices must be 2-D [out_features, k] with k >= 1, got ", indices.sizes());
+  TORCH_CHECK_VALUE(n_in >= 1, op, ": in_features must be positive, got ", n_in);
+  check_int32_range(indices, n_in, op);
+}
+
+// Shape of a caller-supplied CSC transpose (t_index); its contents are checked where used.
+inline void check_transposed_shape(const at::Tensor& t, const at::Tensor& indices, int64_t n_in,
+                                   const char* op) {
+  const int64_t want = n_in + 1 + 2 * indices.numel();
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kInt && t.dim() == 1 && t.numel() == want, op,
+                    ": t_index must be the int32 output of cfi_transpose_index for these "
+                    "indices (", want, " elements), got ", t.scalar_type(), " ", t.sizes());
+  check_same_device(t, indices, op, "t_index", "indices");
+}
+
 }  // namespace sparse_run

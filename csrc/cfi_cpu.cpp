@@ -185,23 +185,13 @@ template <typename F> bool parallel_rows(int64_t n, int64_t work_per_row, const 
   std::abort();  // unreachable
 }
 
-void check_int32_range(const at::Tensor& values, int64_t n_in, const char* op) {
-  TORCH_CHECK_VALUE(values.numel() < (int64_t(1) << 31) && n_in < (int64_t(1) << 31), op,
-                    ": layers with 2^31 or more weights or inputs are not supported");
-}
-
 // ---------------------------------------------------------------- operators
 // CSC transpose of the condensed index, packed as int32 [ptr (n_in + 1) | row (nnz) | pos (nnz)]:
 // column i of W holds entries q in [ptr[i], ptr[i+1]) at row row[q], flat position pos[q].
 // Counting sort, so rows ascend within a column and the result is deterministic.
 at::Tensor cfi_transpose_index(const at::Tensor& indices, int64_t n_in) {
   const char* op = "sparse_run::cfi_transpose_index";
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kInt, op, ": indices must be int32, got ",
-                   indices.scalar_type());
-  TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(1) >= 1, op,
-                    ": indices must be 2-D [out_features, k] with k >= 1, got ", indices.sizes());
-  TORCH_CHECK_VALUE(n_in >= 1, op, ": in_features must be positive, got ", n_in);
-  check_int32_range(indices, n_in, op);
+  check_transpose_index(indices, n_in, op);
   const at::Tensor idx_t = indices.contiguous();
   const int32_t* idx = idx_t.data_ptr<int32_t>();
   const int64_t n_out = indices.size(0), k = indices.size(1), nnz = n_out * k;
@@ -227,12 +217,11 @@ at::Tensor cfi_transpose_index(const at::Tensor& indices, int64_t n_in) {
   return out;
 }
 
-// A caller-supplied transpose must at least be well formed (row/pos are checked on use).
-void check_transposed(const at::Tensor& t, int64_t n_in, int64_t nnz, const char* op) {
-  TORCH_CHECK_VALUE(t.scalar_type() == at::kInt && t.dim() == 1 && t.numel() == n_in + 1 + 2 * nnz,
-                    op, ": t_index must be the int32 output of cfi_transpose_index for these "
-                    "indices (", n_in + 1 + 2 * nnz, " elements), got ", t.scalar_type(), " ",
-                    t.sizes());
+// A caller-supplied transpose must be well formed (row/pos are checked on use).
+void check_transposed(const at::Tensor& t, const at::Tensor& indices, int64_t n_in,
+                      const char* op) {
+  check_transposed_shape(t, indices, n_in, op);
+  const int64_t nnz = indices.numel();
   const int32_t* ptr = t.data_ptr<int32_t>();
   bool ok = ptr[0] == 0 && ptr[n_in] == nnz;
   for (int64_t i = 0; ok && i < n_in; ++i) ok = ptr[i] <= ptr[i + 1];
@@ -276,7 +265,7 @@ at::Tensor cfi_backward_input(const at::Tensor& grad, const at::Tensor& values,
   at::Tensor t;
   if (t_index.has_value()) {
     t = t_index->contiguous();
-    check_transposed(t, n_in, nnz, op);
+    check_transposed(t, indices, n_in, op);
   } else {
     t = cfi_transpose_index(indices, n_in);
   }

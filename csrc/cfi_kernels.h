@@ -87,7 +87,7 @@ template <typename T> struct Out {  // destination [nb, ld] row-major, written c
   const T* bias;  // may be null
 };
 
-constexpr int kPrefetch = 6;  // entries ahead: row gathers are random, the prefetcher can't guess
+constexpr int kPrefetch = 6;  // entries ahead: rows are random, the hardware cannot guess them
 
 // out[b0 + u, r] = sum_p val(p) * srcT[col(p), b0 + u] (+ bias[r]) for one batch tile of NC
 // chunks, rows [r0, r1). Returns false when an index is outside [0, n_src).
@@ -129,23 +129,19 @@ static bool axpy_tile(const Rows<T>& rows, const T* srcT, int64_t n_src, int64_t
   return ok;
 }
 
-// Rows [r0, r1) over all batch tiles (up to 4 chunks = 256 bytes of each srcT row per tile).
-// Rows go in blocks of kRowBlock so a block's entries stay in L1 while the tiles sweep.
-constexpr int64_t kRowBlock = 16;
+// Rows [r0, r1) over all batch tiles of up to 4 chunks (256 bytes of each srcT row): a tile
+// of srcT (n_src x 256 B) stays in L2 while all rows stream past it.
 template <typename T>
 static bool axpy_rows(const Rows<T>& rows, const T* srcT, int64_t n_src, int64_t ld, int64_t nb,
                       const Out<T>& out, int64_t r0, int64_t r1) {
   constexpr int E = Chunk<T>::elems;
   bool ok = true;
-  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
-    const int64_t re = rb + kRowBlock < r1 ? rb + kRowBlock : r1;
-    for (int64_t b0 = 0; b0 < nb; b0 += 4 * E) {
-      switch ((nb - b0 + E - 1) / E) {
-        case 1: ok &= axpy_tile<1>(rows, srcT, n_src, ld, b0, nb, out, rb, re); break;
-        case 2: ok &= axpy_tile<2>(rows, srcT, n_src, ld, b0, nb, out, rb, re); break;
-        case 3: ok &= axpy_tile<3>(rows, srcT, n_src, ld, b0, nb, out, rb, re); break;
-        default: ok &= axpy_tile<4>(rows, srcT, n_src, ld, b0, nb, out, rb, re); break;
-      }
+  for (int64_t b0 = 0; b0 < nb; b0 += 4 * E) {
+    switch ((nb - b0 + E - 1) / E) {
+      case 1: ok &= axpy_tile<1>(rows, srcT, n_src, ld, b0, nb, out, r0, r1); break;
+      case 2: ok &= axpy_tile<2>(rows, srcT, n_src, ld, b0, nb, out, r0, r1); break;
+      case 3: ok &= axpy_tile<3>(rows, srcT, n_src, ld, b0, nb, out, r0, r1); break;
+      default: ok &= axpy_tile<4>(rows, srcT, n_src, ld, b0, nb, out, r0, r1); break;
     }
   }
   return ok;

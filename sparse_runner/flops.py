@@ -120,6 +120,23 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerTable:
     return LayerTable(tuple(Layer(n, shapes[n], flops[n], kinds[n]) for n in order))
 
 
+def origins(table: LayerTable, baseline: LayerTable) -> dict[str, str | None]:
+    """The baseline weight each weight of a transformed model stands in for.
+
+    A replaced layer's weights live under the replaced module's path
+    (``layer1.0.conv1.branches.3.weight`` -> ``layer1.0.conv1.weight``); Sparse Wide keeps the
+    names. Weights with no baseline counterpart map to None.
+    """
+    modules = {n.rsplit(".", 1)[0] if "." in n else "": n for n in baseline.names}
+    out: dict[str, str | None] = {}
+    for name in table.names:
+        path = name.rsplit(".", 1)[0] if "." in name else ""
+        while path not in modules and "." in path:
+            path = path.rsplit(".", 1)[0]
+        out[name] = modules.get(path, modules.get(""))
+    return out
+
+
 def train_flops_per_sample(fwd_flops: float) -> float:
     """Forward + backward FLOPs of one training sample for a given forward cost."""
     return TRAIN_FLOPS_FACTOR * fwd_flops

@@ -162,5 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
 
 
+register_subcommand("ift-table", "sparse_runner.ift.tables:main")
+register_subcommand("export", "sparse_runner.sparsity.export:main")
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,7 +22,7 @@ from . import summary as sm
 from .data import Data, build_data
 from .errors import TrainingFailed, UserError, one_line
 from .flops import LayerTable, trace_layers
-from .ift import build_ift_model
+from .ift import build_ift_model, describe_ift
 from .isoflop import IsoFlopResult, isoflop_sparsity
 from .loggers import Loggers, MetricsFile, WandbMirror
 from .models import build_model
@@ -213,13 +213,16 @@ class Run:
             out["error"] = error
         out["method"] = str(cfg.method.name)
         out["dataset"] = str(cfg.dataset.name)
+        if self.data is not None and self.data.notes:
+            out["data_notes"] = list(self.data.notes)
         out["seed"] = int(cfg.seed) if isinstance(cfg.seed, int) else cfg.seed
         if self.table is not None and self.model is not None:
             density = self.method.density() if self.method is not None else {}
             rows = sm.layer_rows(self.table, density, self.sparse)
             total, nonzero = sm.params(self.model, rows)
             out["model"] = {"name": str(cfg.model.name), "ift": str(cfg.ift.name),
-                            "params_total": total, "params_nonzero": nonzero}
+                            "params_total": total, "params_nonzero": nonzero,
+                            "ift_info": describe_ift(cfg.ift, float(cfg.s), self.model)}
             out["sparsity"] = sm.sparsity_section(float(cfg.s), self.s_eff, rows)
             out["sparsity"]["distribution"] = str(cfg.distribution.name)
             out["flops"] = {
@@ -244,7 +247,7 @@ class Run:
         return out
 
     def dry_run(self) -> dict[str, Any]:
-        rows = sm.layer_rows(self.table, self.method.density(), self.sparse)
+        rows = sm.layer_rows(self.table, self.method.density(), self.sparse, baseline=self.baseline)
         (self.run_dir / "layers.csv").write_text(sm.layer_table_csv(rows))
         print(sm.layer_table_text(rows))
         if self.iso is not None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import atomic_write_json
-from .flops import LayerTable, human
+from .flops import LayerTable, human, origins, train_flops_per_sample
 
 SUMMARY = "summary.json"
 
@@ -33,16 +33,27 @@ def device_name(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
-def layer_rows(table: LayerTable, density: Mapping[str, float],
-               sparse: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per Conv/Linear weight: shape, density and nnz from the masks, dense flag."""
+def layer_rows(table: LayerTable, density: Mapping[str, float], sparse: Sequence[str],
+               baseline: LayerTable | None = None) -> list[dict[str, Any]]:
+    """One row per Conv/Linear weight: shape, density and nnz from the masks, dense flag.
+
+    With the untransformed ``baseline``, ``fwd_flops_baseline`` holds the dense FLOPs of the
+    baseline layer a row stands in for, on the first row of that layer's group (None on the
+    others, so the column sums to the baseline's total)."""
     sparse_set = set(sparse)
+    origin = origins(table, baseline) if baseline is not None else {}
+    seen: set[str] = set()
     rows = []
     for layer in table:
         d = density.get(layer.name, 1.0)
-        rows.append({"name": layer.name, "shape": list(layer.shape), "density": d,
-                     "nnz": int(round(d * layer.numel)), "dense": layer.name not in sparse_set,
-                     "fwd_flops_dense": layer.fwd_flops, "fwd_flops_sparse": layer.fwd_flops * d})
+        row = {"name": layer.name, "shape": list(layer.shape), "density": d,
+               "nnz": int(round(d * layer.numel)), "dense": layer.name not in sparse_set,
+               "fwd_flops_dense": layer.fwd_flops, "fwd_flops_sparse": layer.fwd_flops * d}
+        if baseline is not None:
+            src = origin[layer.name]
+            row["fwd_flops_baseline"] = None if src is None or src in seen else baseline[src].fwd_flops
+            seen.add(src)
+        rows.append(row)
     return rows
 
 
@@ -81,26 +92,38 @@ def write(run_dir: Path, summary: Mapping[str, Any]) -> Path:
 
 
 def layer_table_text(rows: list[dict[str, Any]]) -> str:
-    """The dry-run layer table: name, shape, density, dense and sparse forward FLOPs."""
-    head = f"{'layer':<40} {'shape':<20} {'density':>8} {'dense FLOPs':>12} {'sparse FLOPs':>12}"
+    """The dry-run layer table: name, shape, density, baseline / dense / sparse forward FLOPs
+    per sample, and the training FLOPs per sample the sparse forward implies."""
+    has_base = any("fwd_flops_baseline" in r for r in rows)
+    width = max([40, *(len(r["name"]) + 8 for r in rows)])
+    flops_cols = (["baseline FLOPs"] if has_base else []) + ["dense FLOPs", "sparse FLOPs"]
+    head = f"{'layer':<{width}} {'shape':<20} {'density':>8} " + " ".join(f"{c:>14}" for c in flops_cols)
     lines = [head, "-" * len(head)]
+
+    def cells(values: list[Any]) -> str:
+        return " ".join(f"{'' if v is None else human(v):>14}" for v in values)
+
+    keys = (["fwd_flops_baseline"] if has_base else []) + ["fwd_flops_dense", "fwd_flops_sparse"]
     for r in rows:
         mark = " (dense)" if r["dense"] else ""
-        lines.append(f"{r['name'] + mark:<40} {'x'.join(map(str, r['shape'])):<20} "
-                     f"{r['density']:>8.4f} {human(r['fwd_flops_dense']):>12} "
-                     f"{human(r['fwd_flops_sparse']):>12}")
-    total_d = sum(r["fwd_flops_dense"] for r in rows)
-    total_s = sum(r["fwd_flops_sparse"] for r in rows)
-    lines.append(f"{'total':<40} {'':<20} {'':>8} {human(total_d):>12} {human(total_s):>12}")
+        lines.append(f"{r['name'] + mark:<{width}} {'x'.join(map(str, r['shape'])):<20} "
+                     f"{r['density']:>8.4f} " + cells([r.get(k) for k in keys]))
+    totals = [sum(r.get(k) or 0 for r in rows) for k in keys]
+    lines.append(f"{'total (forward, per sample)':<{width}} {'':<20} {'':>8} " + cells(totals))
+    lines.append(f"training FLOPs per sample: {human(train_flops_per_sample(totals[-1]))} "
+                 "(forward + backward = 3 x sparse forward; method extras such as RigL's dense "
+                 "gradients are added on their steps and logged as train_flops)")
     return "\n".join(lines)
 
 
 def layer_table_csv(rows: list[dict[str, Any]]) -> str:
     cols = ["name", "shape", "density", "nnz", "dense", "fwd_flops_dense", "fwd_flops_sparse"]
+    if any("fwd_flops_baseline" in r for r in rows):
+        cols.insert(5, "fwd_flops_baseline")
     out = [",".join(cols)]
     for r in rows:
-        out.append(",".join('"' + "x".join(map(str, r[c])) + '"' if c == "shape" else str(r[c])
-                            for c in cols))
+        out.append(",".join('"' + "x".join(map(str, r[c])) + '"' if c == "shape"
+                            else "" if r[c] is None else str(r[c]) for c in cols))
     return "\n".join(out) + "\n"
 
 

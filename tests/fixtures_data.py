@@ -5,18 +5,29 @@ users share.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from sparse_runner.data import Data, Loader, build_data
 from sparse_runner.errors import UserError
 
 CPU = torch.device("cpu")
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def build(cfg: dict[str, Any], *, batch_size: int = 16, eval_batch_size: int = 32,
+def dataset_config(name: str, **overrides: Any) -> DictConfig:
+    """``conf/dataset/<name>.yaml`` with overrides, in struct mode as Hydra hands it over, so
+    the shipped defaults and the keys the code reads are tested together."""
+    cfg = OmegaConf.merge(OmegaConf.load(CONF / "dataset" / f"{name}.yaml"), overrides)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def build(cfg: Any, *, batch_size: int = 16, eval_batch_size: int = 32,
           seed: int = 0, num_workers: int = 0) -> Data:
     """``build_data`` on the CPU with small batches."""
     return build_data(cfg, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
@@ -45,7 +56,7 @@ def check_resume_and_order(loader: Loader) -> None:
     assert x1.shape == x0.shape and not torch.equal(x1, x0)
 
 
-def user_error(cfg: dict[str, Any], *fragments: str, **kwargs: Any) -> str:
+def user_error(cfg: Any, *fragments: str, **kwargs: Any) -> str:
     """Build ``cfg``, expect a one-line UserError containing every fragment; return it."""
     with pytest.raises(UserError) as info:
         data = build(cfg, **kwargs)

@@ -35,6 +35,13 @@ def test_unknown_group_options(tmp_path, arg, word):
     assert word in line
 
 
+def test_missing_dataset_directory(tmp_path):
+    line = one_line_error(cli("dataset=cifar10", f"dataset.root={tmp_path / 'nowhere'}",
+                              f"out_dir={tmp_path / 'x'}", *TINY))
+    assert str(tmp_path / "nowhere") in line
+    assert "dataset.download=true" in line and "dataset=digits" in line
+
+
 def test_sparsity_out_of_range(tmp_path):
     out = tmp_path / "bad_s"
     proc = cli("s=1.5", "method=static", f"out_dir={out}", *TINY)

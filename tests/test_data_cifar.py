@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fixtures_data import build, check_resume_and_order, run_epoch, user_error
+from fixtures_data import build, check_resume_and_order, dataset_config, run_epoch, user_error
 
 from sparse_runner.data import write_fake_cifar
 from sparse_runner.data.cifar import LAYOUTS
@@ -57,7 +57,7 @@ def test_torchvision_reads_the_fake_files(c100: Path, monkeypatch: pytest.Monkey
 
 
 def test_cifar100_spec_shapes_and_labels(c100: Path) -> None:
-    data = build(cifar(c100.parent))
+    data = build(dataset_config("cifar100", root=str(c100.parent)))
     assert (data.spec.name, data.spec.in_channels, data.spec.num_classes,
             data.spec.image_size) == ("cifar100", 3, 100, 32)
     assert (data.num_train, data.num_test, len(data.train), len(data.test)) == (64, 32, 4, 1)
@@ -69,7 +69,7 @@ def test_cifar100_spec_shapes_and_labels(c100: Path) -> None:
 
 def test_cifar10_reads_all_five_batches_with_root_at_the_inner_folder(tmp_path: Path) -> None:
     folder = write_fake_cifar(tmp_path, "cifar10", n_train=50, n_test=20)
-    data = build(cifar(folder, "cifar10"), batch_size=10)
+    data = build(dataset_config("cifar10", root=str(folder)), batch_size=10)
     assert (data.spec.num_classes, data.num_train, data.num_test) == (10, 50, 20)
     _, y = run_epoch(data.train, 0)
     expected = sum((load_entries(folder / f"data_batch_{i}")["labels"] for i in range(1, 6)), [])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from fixtures_data import build, check_resume_and_order, run_epoch, user_error
+from fixtures_data import build, check_resume_and_order, dataset_config, run_epoch, user_error
 
 from sparse_runner.data import DATASETS, write_fake_imagenet
 from sparse_runner.data.imagenet import MEAN, STD
@@ -25,7 +25,8 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_spec_shapes_and_labels(tree: Path) -> None:
-    data = build(imagenet(tree), batch_size=4, eval_batch_size=4)
+    cfg = dataset_config("imagenet", root=str(tree), image_size=24)
+    data = build(cfg, batch_size=4, eval_batch_size=4)
     assert (data.spec.name, data.spec.in_channels, data.spec.num_classes,
             data.spec.image_size) == ("imagenet", 3, 3, 24)
     assert (data.num_train, data.num_test, len(data.train), len(data.test)) == (12, 6, 3, 2)

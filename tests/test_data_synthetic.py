@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 import torch
-from fixtures_data import build, check_resume_and_order, run_epoch, user_error
+from fixtures_data import build, check_resume_and_order, dataset_config, run_epoch, user_error
 
 
 def synthetic(**extra: Any) -> dict[str, Any]:
@@ -15,7 +15,8 @@ def synthetic(**extra: Any) -> dict[str, Any]:
 
 
 def test_spec_and_shapes() -> None:
-    data = build(synthetic(shape=[1, 12, 12], num_classes=7, num_samples=40), batch_size=8)
+    cfg = dataset_config("synthetic", shape=[1, 12, 12], num_classes=7, num_samples=40)
+    data = build(cfg, batch_size=8)
     assert (data.spec.name, data.spec.in_channels, data.spec.num_classes,
             data.spec.image_size) == ("synthetic", 1, 7, 12)
     assert (data.num_train, data.num_test, len(data.train)) == (40, 256, 5)

@@ -46,6 +46,18 @@ def test_output_contract(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
 
 
+def test_trains_on_a_cifar100_tree_in_torchvision_format(tmp_path):
+    from sparse_runner.data import write_fake_cifar
+
+    write_fake_cifar(tmp_path / "data", kind="cifar100", n_train=128, n_test=64)
+    summary = run_tiny(tmp_path, "dataset=cifar100", f"dataset.root={tmp_path / 'data'}",
+                       "trainer.batch_size=32")
+    assert summary["status"] == "completed" and summary["dataset"] == "cifar100"
+    layers = summary["sparsity"]["layers"]
+    assert layers[0]["shape"] == [8, 3, 3, 3] and layers[-1]["shape"] == [100, 64]
+    assert any("differ from the official" in note for note in summary.get("data_notes", []))
+
+
 def test_checkpoint_loads_weights_only(tmp_path):
     run_tiny(tmp_path)
     ck = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)

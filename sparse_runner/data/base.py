@@ -89,9 +89,11 @@ class Augment:
 
 
 class TensorLoader:
-    """Device-resident dataset in [0, 1] floats; normalises and augments per batch.
+    """Device-resident dataset; scales to [0, 1], augments and normalises per batch.
 
-    ``drop_last`` applies to training so every optimizer step sees a full batch.
+    ``images`` may be uint8 (0..255, kept as uint8 on the device: 4x less memory than floats,
+    full CIFAR is 150 MB) or floats already in [0, 1]. ``drop_last`` applies to training so
+    every optimizer step sees a full batch.
     """
 
     def __init__(
@@ -110,7 +112,8 @@ class TensorLoader:
     ) -> None:
         if images.shape[0] != labels.shape[0]:
             raise ValueError("images and labels differ in length")
-        self.images = images.to(device, torch.float32)
+        self.scale = 1.0 / 255 if images.dtype == torch.uint8 else 1.0
+        self.images = images.to(device) if self.scale != 1.0 else images.to(device, torch.float32)
         self.labels = labels.to(device, torch.long)
         self.batch_size = int(batch_size)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -129,7 +132,9 @@ class TensorLoader:
             order = torch.arange(n, device=self.images.device)
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = self.images.index_select(0, idx)
+            x = self.images.index_select(0, idx).float()
+            if self.scale != 1.0:
+                x.mul_(self.scale)
             if self.augment is not None:
                 x = self.augment(x, generator(self.seed, epoch, b, 1))
             yield (x - self.mean) / self.std, self.labels.index_select(0, idx)

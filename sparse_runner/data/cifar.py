@@ -271,14 +271,13 @@ def load_cifar(layout: CifarLayout, cfg: Mapping[str, Any]) -> tuple[CifarArrays
 
 def _tensors(x: np.ndarray, y: np.ndarray, size: int | None, key: str, device: torch.device
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split as float images [N, 3, 32, 32] in [0, 1] on ``device`` plus labels, cut to the
-    ``dataset.<key>`` subset. The uint8 data moves first and is converted on the device, so the
-    host never holds a float copy."""
+    """One split as uint8 images [N, 3, 32, 32] on ``device`` plus labels, cut to the
+    ``dataset.<key>`` subset (the loader scales to [0, 1] a batch at a time)."""
     images, labels = torch.from_numpy(x), torch.from_numpy(y)
     idx = subset_indices(size, len(labels), key)
     if idx is not None:
         images, labels = images[idx], labels[idx]
-    return images.to(device).view(-1, 3, 32, 32).float().div_(255), labels
+    return images.to(device).view(-1, 3, 32, 32), labels
 
 
 def build_cifar(layout: CifarLayout, cfg: Mapping[str, Any], *, batch_size: int,

@@ -13,6 +13,7 @@ decoding the skipped batches.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -35,48 +36,63 @@ HOW_TO_GET = (
     "for val), then run with dataset.root=<root> dataset.download=false")
 
 
-class UnreadableImage(UserError):
-    """An image that PIL cannot decode. DataLoader re-raises a worker's exception as
-    ``type(exc)(<banner + worker traceback>)``; keep only the original one-line message."""
+def open_rgb(path: str) -> Any:
+    """Decode an image as RGB, or raise a one-line UserError naming the file."""
+    from PIL import Image
 
-    def __init__(self, message: str) -> None:
-        last = message.strip().splitlines()[-1] if message.strip() else message
-        super().__init__(last.split(f"{type(self).__name__}: ", 1)[-1])
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or "
+                        "replace the file") from None
 
 
 class _Images(Dataset):
-    """Decodes one image per key ``(index, seed)``; the seed fixes its random augmentation."""
+    """Decodes one image per key ``(index, seed)``; the seed fixes its random augmentation.
 
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable[[Any], Tensor]) -> None:
+    An unreadable image comes back as a blank image with label ``-1 - index`` and the main
+    process raises the error: an exception raised in a worker would reach the user wrapped in
+    the worker's traceback instead of as one line.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable[[Any], Tensor],
+                 size: int) -> None:
         self.samples, self.transform = samples, transform
+        self.blank = torch.zeros(3, size, size, dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
-        from PIL import Image
-
         index, seed = key
         path, target = self.samples[index]
         try:
-            with Image.open(path) as img:
-                rgb = img.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise UnreadableImage(f"cannot read image {path} ({type(exc).__name__}: {exc}); "
-                                  "remove or replace the file") from None
+            rgb = open_rgb(path)
+        except UserError:
+            return self.blank, -1 - index
         with torch.random.fork_rng(devices=[]):  # never disturb the caller's RNG
             torch.manual_seed(seed)
             return self.transform(rgb), target
 
+    def raise_unreadable(self, labels: Tensor) -> None:
+        """Raise the UserError of the first unreadable image flagged in ``labels``."""
+        path = self.samples[-1 - int(labels.min())][0]
+        open_rgb(path)
+        raise UserError(f"cannot read image {path} in a DataLoader worker; remove or replace "
+                        "the file")  # it decoded here: a transient I/O error
 
+
+@dataclass(frozen=True)
 class _EpochPlan:
-    """DataLoader batch sampler: the ``[(index, seed), ...]`` batches of one epoch from batch
-    ``start`` on, built lazily. ``FolderLoader.batches`` resets it before each pass (the
-    sampler stays in the main process, so persistent workers see the new plan)."""
+    """DataLoader batch sampler: the ``[(index, seed), ...]`` batches of one pass, from batch
+    ``start`` to ``stop``, built lazily in the main process."""
 
-    def __init__(self) -> None:
-        self.order = self.seeds = torch.empty(0, dtype=torch.long)
-        self.batch_size, self.start, self.stop = 1, 0, 0
+    order: Tensor
+    seeds: Tensor
+    batch_size: int
+    start: int
+    stop: int
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for b in range(self.start, self.stop):
@@ -88,20 +104,19 @@ class _EpochPlan:
 
 
 class FolderLoader:
-    """Worker-decoded image batches with the ``Loader`` protocol of ``TensorLoader``."""
+    """Worker-decoded image batches with the ``Loader`` protocol of ``TensorLoader``.
+
+    Each pass gets its own DataLoader (workers start per pass, negligible next to an ImageNet
+    epoch) and shuts its workers down as soon as the pass ends, is abandoned or fails. Workers
+    left to the garbage collector, e.g. when an error's traceback holds this frame, stall for
+    seconds on shutdown.
+    """
 
     def __init__(self, dataset: _Images, *, batch_size: int, seed: int, shuffle: bool,
                  drop_last: bool, device: torch.device, num_workers: int) -> None:
         self.dataset, self.batch_size, self.seed = dataset, int(batch_size), seed
         self.shuffle, self.drop_last, self.device = shuffle, drop_last, torch.device(device)
-        self.plan = _EpochPlan()
-        self.plan.batch_size = self.batch_size
-        # a private generator: DataLoader draws worker seeds from it (unused: every image has
-        # its own seed) instead of from the global RNG, which training and resume depend on
-        self.loader = DataLoader(dataset, batch_sampler=self.plan, num_workers=num_workers,
-                                 pin_memory=self.device.type == "cuda",
-                                 persistent_workers=num_workers > 0,
-                                 generator=torch.Generator().manual_seed(seed))
+        self.num_workers = num_workers
         # normalise uint8 directly: (x - 255 mean) / (255 std)
         self.mean = torch.tensor(MEAN, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(STD, device=self.device).view(1, -1, 1, 1) * 255
@@ -113,12 +128,22 @@ class FolderLoader:
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.dataset)
         gen = generator(self.seed, epoch)
-        self.plan.order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        self.plan.seeds = torch.randint(0, 2**62, (n,), generator=gen)
-        self.plan.start, self.plan.stop = start, len(self)
-        for x, y in self.loader:
-            x = x.to(self.device, non_blocking=True).float()
-            yield (x - self.mean) / self.std, y.to(self.device, non_blocking=True)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        seeds = torch.randint(0, 2**62, (n,), generator=gen)
+        plan = _EpochPlan(order, seeds, self.batch_size, start, len(self))
+        # a private generator: DataLoader draws worker seeds from it (unused: every image has
+        # its own seed) instead of from the global RNG, which training and resume depend on
+        loader = iter(DataLoader(self.dataset, batch_sampler=plan, num_workers=self.num_workers,
+                                 pin_memory=self.device.type == "cuda",
+                                 generator=torch.Generator().manual_seed(self.seed)))
+        try:
+            for x, y in loader:
+                if y.min() < 0:
+                    self.dataset.raise_unreadable(y)
+                x = x.to(self.device, non_blocking=True).float()
+                yield (x - self.mean) / self.std, y.to(self.device, non_blocking=True)
+        finally:
+            del loader  # the last reference: its workers shut down here
 
 
 def _scan(root: Path, split: str, class_to_idx: dict[str, int] | None
@@ -168,17 +193,17 @@ def build_imagenet(cfg: Mapping[str, Any], *, batch_size: int, eval_batch_size: 
     root = data_root(cfg, "./data/imagenet")
     train_samples, class_to_idx = _scan(root, "train", None)
     val_samples, _ = _scan(root, "val", class_to_idx)
-    for key, size_k, samples in (("train_subset", train_size, train_samples),
+    for key, subset, samples in (("train_subset", train_size, train_samples),
                                  ("test_subset", test_size, val_samples)):
-        idx = subset_indices(size_k, len(samples), key)
+        idx = subset_indices(subset, len(samples), key)
         if idx is not None:
             samples[:] = [samples[i] for i in idx.tolist()]
     train_tf, val_tf = _transforms(size)
     common = dict(seed=seed, device=device, num_workers=int(num_workers))
-    train = FolderLoader(_Images(train_samples, train_tf), batch_size=batch_size, shuffle=True,
-                         drop_last=True, **common)
-    test = FolderLoader(_Images(val_samples, val_tf), batch_size=eval_batch_size, shuffle=False,
-                        drop_last=False, **common)
+    train = FolderLoader(_Images(train_samples, train_tf, size), batch_size=batch_size,
+                         shuffle=True, drop_last=True, **common)
+    test = FolderLoader(_Images(val_samples, val_tf, size), batch_size=eval_batch_size,
+                        shuffle=False, drop_last=False, **common)
     spec = DataSpec("imagenet", in_channels=3, num_classes=len(class_to_idx), image_size=size)
     return Data(spec, train, test, num_train=len(train_samples), num_test=len(val_samples))
 

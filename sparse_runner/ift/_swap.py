@@ -17,7 +17,6 @@ a layer is never silently skipped.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, ClassVar, Sequence
@@ -93,29 +92,47 @@ def plan_layers(model: nn.Module, keep: set[str], exclude: Sequence[str], family
 def init_weight(layer: Layer) -> Layer:
     """Fresh weights for a new layer: Kaiming-normal fan-out for convs (the ResNets' and the
     official code's choice), PyTorch's default for Linear."""
-    layer.reset_parameters()
     if isinstance(layer, nn.Conv2d):
         nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+    else:
+        layer.reset_parameters()
     return layer
+
+
+def new_layer(like: Layer, *, in_f: int, out_f: int, bias: bool, pointwise: bool = False,
+              groups: int = 1) -> Layer:
+    """A freshly initialised Conv2d/Linear on ``like``'s device and dtype. Convs keep ``like``'s
+    kernel, stride, padding and dilation unless ``pointwise`` (1x1, stride 1). Built on the meta
+    device first, so its weights are drawn once."""
+    with torch.device("meta"):
+        if isinstance(like, nn.Linear):
+            layer: Layer = nn.Linear(in_f, out_f, bias=bias, dtype=like.weight.dtype)
+        elif pointwise:
+            layer = nn.Conv2d(in_f, out_f, 1, bias=bias, dtype=like.weight.dtype)
+        else:
+            layer = nn.Conv2d(in_f, out_f, like.kernel_size, like.stride, like.padding,
+                              like.dilation, groups, bias, like.padding_mode, dtype=like.weight.dtype)
+    return init_weight(layer.to_empty(device=like.weight.device))
 
 
 def fresh_copy(layer: Layer) -> Layer:
     """A layer with the same configuration (shape, stride, groups, bias) and new weights."""
-    return init_weight(copy.deepcopy(layer))
+    if isinstance(layer, nn.Linear):
+        return new_layer(layer, in_f=layer.in_features, out_f=layer.out_features,
+                         bias=layer.bias is not None)
+    return new_layer(layer, in_f=layer.in_channels, out_f=layer.out_channels,
+                     bias=layer.bias is not None, groups=layer.groups)
 
 
 def factor(layer: Layer, rank: int, *, bias: bool) -> tuple[Layer, Layer]:
     """U (the layer's kernel, stride and padding; ``rank`` outputs, no bias) and V (1x1 conv or
     Linear from ``rank`` to the layer's outputs, with a bias if ``bias``)."""
-    kw: dict[str, Any] = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    if isinstance(layer, nn.Linear):
-        u = nn.Linear(layer.in_features, rank, bias=False, **kw)
-        v = nn.Linear(rank, layer.out_features, bias=bias, **kw)
-    else:
-        u = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding,
-                      layer.dilation, bias=False, padding_mode=layer.padding_mode, **kw)
-        v = nn.Conv2d(rank, layer.out_channels, 1, bias=bias, **kw)
-    return init_weight(u), init_weight(v)
+    d_in = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+    d_out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    u = new_layer(layer, in_f=d_in, out_f=rank, bias=False)
+    return u, new_layer(layer, in_f=rank, out_f=d_out, bias=bias, pointwise=True)
 
 
 class FeatureBatchNorm(nn.BatchNorm1d):

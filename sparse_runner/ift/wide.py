@@ -50,13 +50,20 @@ class Width(float):
         return in_channels * max(1, round(expansion(self.s) * dense_out / in_channels))
 
 
-def check_widened(dense: nn.Module, wide: nn.Module, width: Width, depthwise: str) -> None:
-    """Fail loudly if the builder did not widen the model, or broke the depthwise rule."""
+def _size(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_widened(build: Builder, wide: nn.Module, width: Width, depthwise: str) -> None:
+    """Fail loudly if the builder ignores width_mult, or broke the depthwise rule."""
+    with torch.device("meta"):
+        dense = build(1.0)
+        ignored = _size(wide) == _size(dense) and _size(build(2.0)) == _size(dense)
     d, w = dict(flop_modules(dense)), dict(flop_modules(wide))
     if list(d) != list(w):
         raise UserError("ift=wide: the model builder changed the layer structure when widened; "
                         "it must only scale channel counts by width_mult")
-    if sum(p.numel() for p in wide.parameters()) <= sum(p.numel() for p in dense.parameters()):
+    if ignored:
         raise UserError(f"ift=wide: the model ignores width_mult={float(width):.4g} (same size "
                         "as the dense model); its builder must scale channel counts by width_mult")
     if depthwise != "paper":
@@ -85,10 +92,8 @@ class Wide(IFTFamily):
 
     def build(self, build: Builder, s: float, input_shape: Sequence[int]) -> nn.Module:
         width = self.width_mult(s)
-        with torch.device("meta"):
-            dense = build(1.0)
         model = build(width)
-        check_widened(dense, model, width, self.cfg["depthwise"])
+        check_widened(build, model, width, self.cfg["depthwise"])
         return model
 
     def describe(self, s: float) -> dict[str, Any]:

@@ -53,8 +53,13 @@ def _disabled(device_type: str) -> bool:
     return flag in ("1", "true", "yes", "all") or flag == device_type
 
 
-def _ext_name(device_type: str, sources: tuple[str, ...], flags: tuple[str, ...]) -> str:
+def _ext_name(device_type: str, flags: tuple[str, ...]) -> str:
+    """Name unique to sources, flags, torch and (CUDA) target architectures."""
     h = hashlib.sha256(torch.__version__.encode() + repr(flags).encode())
+    if device_type == "cuda":
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or repr(
+            [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())])
+        h.update(archs.encode())
     for p in sorted(source_dir().iterdir()):
         if p.suffix in (".cpp", ".cu", ".h", ".cuh"):
             h.update(p.name.encode() + p.read_bytes())
@@ -75,10 +80,25 @@ def _missing_tool(device_type: str) -> str | None:
         return f"no C++ compiler found ({cxx!r} is not on PATH; set CXX)"
     if not cpp_extension.is_ninja_available():
         return "ninja is not installed (pip install ninja)"
-    if device_type == "cuda":
-        home = cpp_extension.CUDA_HOME
-        if home is None or not (Path(home) / "bin" / "nvcc").exists():
-            return "nvcc was not found (install the CUDA toolkit or set CUDA_HOME)"
+    if device_type == "cuda" and _cuda_home() is None:
+        return "nvcc was not found (install the CUDA toolkit or set CUDA_HOME)"
+    return None
+
+
+def _cuda_home() -> str | None:
+    """A CUDA toolkit root with nvcc and headers; fixes torch's guess when it points at the
+    parent of a wrapper script (e.g. /usr/local/bin/nvcc -> CUDA_HOME=/usr/local)."""
+    from torch.utils import cpp_extension
+
+    nvcc = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  cpp_extension.CUDA_HOME, "/usr/local/cuda",
+                  str(Path(os.path.realpath(nvcc)).parent.parent) if nvcc else None]
+    for home in candidates:
+        if home and (Path(home) / "bin" / "nvcc").exists() and \
+                (Path(home) / "include" / "cuda_runtime.h").exists():
+            cpp_extension.CUDA_HOME = home  # what cpp_extension builds with
+            return home
     return None
 
 
@@ -97,7 +117,7 @@ def compile_extension(device_type: str, verbose: bool = False) -> Path:
 
     cuda = device_type == "cuda"
     sources = _CUDA_SOURCES if cuda else _CPU_SOURCES
-    name = _ext_name(device_type, sources, _CFLAGS + (_CUDA_CFLAGS if cuda else ()))
+    name = _ext_name(device_type, _CFLAGS + (_CUDA_CFLAGS if cuda else ()))
     build_dir = _build_root() / name
     lib = build_dir / f"{name}.so"
     if lib.exists() and not (build_dir / "lock").exists():

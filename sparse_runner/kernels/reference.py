@@ -93,6 +93,16 @@ def check_backward_weight(grad: torch.Tensor, x: torch.Tensor, indices: torch.Te
         _fail(op, f"indices is on {indices.device} but x is on {x.device}")
 
 
+def check_t_index(op: str, t_index: torch.Tensor | None, indices: torch.Tensor,
+                  n_in: int) -> None:
+    """Shape of a caller-supplied CSC transpose (the reference does not need its contents)."""
+    want = n_in + 1 + 2 * indices.numel()
+    if t_index is not None and (t_index.dtype != torch.int32 or t_index.dim() != 1
+                                or t_index.numel() != want):
+        _fail(op, f"t_index must be the int32 output of cfi_transpose_index for these indices "
+                  f"({want} elements), got {t_index.dtype} {list(t_index.shape)}")
+
+
 def check_index_range(op: str, indices: torch.Tensor, n_in: int) -> None:
     """Reads the data (a device sync on GPU): call once per mask, not per step."""
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_in):
@@ -134,6 +144,7 @@ def backward_input(grad: torch.Tensor, values: torch.Tensor, indices: torch.Tens
                    n_in: int, t_index: torch.Tensor | None = None) -> torch.Tensor:
     """dX = dY W."""
     check_backward_input(grad, values, indices, n_in)
+    check_t_index("cfi_backward_input", t_index, indices, n_in)
     check_index_range("cfi_backward_input", indices, n_in)
     return grad @ dense_weight(values, indices, n_in)
 

@@ -1,0 +1,157 @@
+"""Overhead of the sparse machinery: RigL at s=0.9 vs dense training of the same model.
+
+``sparse-run-bench overhead [--out FILE]``. One process, same model and batch, blocks of steps
+interleaved (dense, RigL, dense, RigL, ...) so that load changes hit both alike; medians over
+the repeats. RigL runs with ``delta_t`` = the block length, so the last step of every RigL
+block is a mask-update step. Reported:
+
+* steps/s of dense training and of RigL's ordinary steps (gradient masking: one multi-tensor
+  multiply), and their ratio (the per-step overhead);
+* the cost of one mask update (dense-gradient copy + drop/grow + set_masks) in dense steps;
+* the amortised overhead at ``--delta-t`` (default 100): ((ΔT-1)·t_rigl + t_update_step) /
+  (ΔT·t_dense) - 1.
+
+The default model is the ``sparse-run`` default (ResNet-18, width 64, on 1x8x8 digits-shaped
+inputs, batch 64); the data are random tensors (speed does not depend on values).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..flops import trace_layers
+from ..models import build_model
+from ..optim import build_optimizer
+from ..sparsity import SetupContext, SparsityMethod, build_method, select_sparse
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="sparse-run-bench overhead", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--width", type=int, default=64, help="model.base_width")
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--image-size", type=int, default=8)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--s", type=float, default=0.9)
+    p.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--delta-t", type=int, default=100, help="ΔT for the amortised overhead")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    return p.parse_args(argv)
+
+
+class Bench:
+    """One model + optimizer + method, stepped exactly as train.py calls the hooks."""
+
+    def __init__(self, model: torch.nn.Module, method: SparsityMethod, ctx: SetupContext,
+                 opt_cfg: dict, batch: tuple[torch.Tensor, torch.Tensor], sync: Callable[[], None]):
+        self.model, self.method, self.batch, self.sync = model, method, batch, sync
+        method.setup(model, ctx)
+        self.optimizer = build_optimizer(opt_cfg, model)
+        method.attach_optimizer(self.optimizer)
+        self.step = 0
+
+    def one_step(self) -> float:
+        t0 = time.perf_counter()
+        x, y = self.batch
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.method.after_backward(self.step)
+        if self.method.before_optimizer_step(self.step):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_optimizer_step(self.step)
+        self.sync()
+        self.step += 1
+        return time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.manual_seed(args.seed)
+    model = build_model({"name": args.model, "base_width": args.width}, in_channels=args.channels,
+                        num_classes=args.classes, image_size=args.image_size).to(device)
+    shape = (args.channels, args.image_size, args.image_size)
+    table = trace_layers(model, shape)
+    sparse = select_sparse(model, table, ["stem", "head"])
+    gen = torch.Generator().manual_seed(args.seed)
+    batch = (torch.randn(args.batch, *shape, generator=gen).to(device),
+             torch.randint(0, args.classes, (args.batch,), generator=gen).to(device))
+    opt = {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
+    total = 10**9  # T_end far away: every block of `steps` ends with an update
+    ctx = SetupContext(table=table, sparse=sparse, s=args.s, total_steps=total, seed=args.seed,
+                       device=device)
+    dense = Bench(copy.deepcopy(model), build_method({"name": "dense"}),
+                  SetupContext(table=table, sparse=[], s=0.0, total_steps=total, seed=args.seed),
+                  opt, batch, sync)
+    rigl = Bench(copy.deepcopy(model), build_method(
+        {"name": "rigl", "delta_t": args.steps, "t_end": 1.0, "alpha": 0.3, "anneal": "constant"}),
+        ctx, opt, batch, sync)
+    for b in (dense, rigl):  # warm-up (allocator, first-touch, one update)
+        for _ in range(args.steps):
+            b.one_step()
+    d_step, r_step, r_update = [], [], []
+    for _ in range(args.repeats):
+        d_step.append(statistics.median(dense.one_step() for _ in range(args.steps)))
+        times = [rigl.one_step() for _ in range(args.steps)]
+        r_step.append(statistics.median(times[:-1]))
+        r_update.append(times[-1])
+    t_d, t_r, t_u = (statistics.median(v) for v in (d_step, r_step, r_update))
+    n = args.delta_t
+    return {
+        "benchmark": "overhead", "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "device": _device(device), "threads": torch.get_num_threads(),
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "versions": {"torch": torch.__version__, "python": platform.python_version(),
+                     "sparse_runner": __version__},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "sparse_layers": len(sparse), "sparse_weights": sum(table[s].numel for s in sparse),
+        "dense_steps_per_s": 1 / t_d, "rigl_steps_per_s": 1 / t_r,
+        "step_overhead_pct": 100 * (t_r / t_d - 1),
+        "mask_update_s": t_u - t_r, "mask_update_in_steps": (t_u - t_r) / t_d,
+        f"amortized_overhead_pct_at_delta_t_{n}": 100 * (((n - 1) * t_r + t_u) / (n * t_d) - 1),
+        "raw_s": {"dense_step": d_step, "rigl_step": r_step, "rigl_update_step": r_update},
+    }
+
+
+def _device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    res = run(args)
+    n = args.delta_t
+    print(f"device {res['device']}, {res['threads']} threads, load {res['load_avg_1m']}")
+    print(f"dense  {res['dense_steps_per_s']:.3f} steps/s")
+    print(f"RigL   {res['rigl_steps_per_s']:.3f} steps/s  (s={args.s}; per-step overhead "
+          f"{res['step_overhead_pct']:+.2f}%)")
+    print(f"mask update {res['mask_update_s'] * 1e3:.1f} ms = {res['mask_update_in_steps']:.2f} "
+          f"dense steps; amortised overhead at ΔT={n}: "
+          f"{res[f'amortized_overhead_pct_at_delta_t_{n}']:+.2f}%")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0

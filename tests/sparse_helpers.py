@@ -1,0 +1,73 @@
+"""Helpers shared by the sparse-training tests (plain imports, no conftest magic).
+
+A "stack" is a bare module holding weights of given shapes (conv 4-D or linear 2-D); the
+methods only see parameters, a LayerTable and the hooks, so no forward pass is needed and the
+loop can feed arbitrary gradients.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sparse_runner.flops import Layer, LayerTable
+from sparse_runner.sparsity import SetupContext, SparsityMethod, build_method
+
+
+class Stack(nn.Module):
+    def __init__(self, shapes: Sequence[Sequence[int]], gen: torch.Generator) -> None:
+        super().__init__()
+        self.ws = nn.ParameterList([nn.Parameter(torch.randn(*s, generator=gen)) for s in shapes])
+
+    @property
+    def names(self) -> list[str]:
+        return [f"ws.{i}" for i in range(len(self.ws))]
+
+
+def table_of(model: Stack) -> LayerTable:
+    """Layer table with 2 FLOPs per weight per sample (a 1x1 spatial output)."""
+    return LayerTable(tuple(Layer(n, tuple(p.shape), 2 * p.numel(), "conv" if p.ndim == 4 else "linear")
+                            for n, p in zip(model.names, model.ws)))
+
+
+def make(method: str, shapes: Sequence[Sequence[int]], s: float, *, total_steps: int = 40,
+         distribution: str = "uniform", seed: int = 0, optimizer: str = "sgd",
+         **options: Any) -> tuple[Stack, SparsityMethod, torch.optim.Optimizer]:
+    """Model, set-up method and attached optimizer (SGD+momentum+wd or AdamW)."""
+    model = Stack(shapes, torch.Generator().manual_seed(seed))
+    m = build_method({"name": method, **options})
+    table = table_of(model)
+    m.setup(model, SetupContext(table=table, sparse=model.names, s=s, total_steps=total_steps,
+                                seed=seed, distribution={"name": distribution}))
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=1e-2)
+    m.attach_optimizer(opt)
+    return model, m, opt
+
+
+def step(model: Stack, method: SparsityMethod, opt: torch.optim.Optimizer, i: int,
+         grad: Callable[[int, int, Tensor], Tensor] | None = None, micro: int = 1) -> dict | None:
+    """One optimizer step exactly as train.py calls the hooks, with random dense gradients."""
+    gen = torch.Generator().manual_seed(1000 + i)
+    for _ in range(micro):
+        for j, p in enumerate(model.ws):
+            g = grad(i, j, p) if grad is not None else torch.randn(p.shape, generator=gen)
+            p.grad = g.clone() if p.grad is None else p.grad + g
+        method.after_backward(i)
+    if method.before_optimizer_step(i):
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return method.after_optimizer_step(i)
+
+
+def optimizer_state(opt: torch.optim.Optimizer, p: nn.Parameter) -> list[Tensor]:
+    return [v for v in opt.state.get(p, {}).values() if isinstance(v, Tensor) and v.shape == p.shape]
+
+
+def budget(shape: Sequence[int], s: float) -> int:
+    n = math.prod(shape)
+    return n - math.floor(s * n)
