@@ -112,4 +112,30 @@ inline void check_transposed_shape(const at::Tensor& t, const at::Tensor& indice
   check_same_device(t, indices, op, "t_index", "indices");
 }
 
+// The packed small-batch layout (see sparse_runner/kernels/packed.py).
+inline void check_packed(const at::Tensor& x, const at::Tensor& pvals, const at::Tensor& pidx,
+                         const at::Tensor& counts, const std::optional<at::Tensor>& bias,
+                         int64_t n_out, const char* op) {
+  TORCH_CHECK_VALUE(x.dim() == 2, op, ": x must be 2-D [batch, in_features], got ", x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
+                   ": x must be float32 or bfloat16, got ", x.scalar_type());
+  check_same_dtype(x, pvals, op, "x", "pvals");
+  TORCH_CHECK_TYPE(pidx.scalar_type() == at::kByte && counts.scalar_type() == at::kInt, op,
+                   ": pidx must be uint8 and counts int32");
+  TORCH_CHECK_VALUE(n_out >= 1 && counts.dim() == 2 && counts.size(0) == (n_out + 15) / 16 &&
+                        counts.size(1) == (x.size(1) + 31) / 32,
+                    op, ": counts must have shape [ceil(out_features / 16), ceil(in_features / "
+                    "32)] = [", (n_out + 15) / 16, ", ", (x.size(1) + 31) / 32, "], got ",
+                    counts.sizes());
+  TORCH_CHECK_VALUE(pvals.dim() == 2 && pvals.size(1) == 16 && pidx.sizes() == pvals.sizes(), op,
+                    ": pvals and pidx must both have shape [slots, 16], got ", pvals.sizes(),
+                    " and ", pidx.sizes());
+  for (const at::Tensor* t : {&pvals, &pidx, &counts}) check_same_device(*t, x, op, "packed", "x");
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n_out, op,
+                      ": bias must have shape [", n_out, "], got ", bias->sizes());
+    check_same_dtype(*bias, x, op, "bias", "x");
+  }
+}
+
 }  // namespace sparse_run

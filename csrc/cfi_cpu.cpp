@@ -1,13 +1,15 @@
 // CPU kernels of the sparse_run::cfi_* operators (constant fan-in sparse linear layer).
 //
-// The schemas are defined in Python (sparse_runner/kernels/ops.py); this file only registers
-// CPU implementations. Products and layouts, with W = (values V, indices I) of shape [n_out, k]:
-//   forward        Y[b,o]  = sum_j V[o,j] X[b, I[o,j]] (+ bias)  rows of W over X^T (AXPY)
-//   backward_input dX[b,i] = sum_{(o,j): I[o,j]=i} V[o,j] dY[b,o]  rows of W^T (CSC) over dY^T
-//   backward_weight dV[o,j] = sum_b dY[b,o] X[b, I[o,j]]          sampled dots over dY^T, X^T
-// For batch >= kTransposeMinBatch the dense operand is copied once into a transposed, zero-padded
-// buffer so every inner loop runs over whole vectors of the batch; smaller batches use gathers
-// in the natural layout. Work is split over output rows with at::parallel_for (OpenMP).
+// The schemas are defined in Python (sparse_runner/kernels/ops.py); this file registers CPU
+// implementations. Products, with W = (values V, indices I) of shape [n_out, k]:
+//   forward         Y[b,o]  = sum_j V[o,j] X[b, I[o,j]] (+ bias)   rows of W over X^T (AXPY)
+//   backward_input  dX[b,i] = sum_{(o,j): I[o,j]=i} V[o,j] dY[b,o]  rows of W^T (CSC) over dY^T
+//   backward_weight dV[o,j] = sum_b dY[b,o] X[b, I[o,j]]           sampled dots of dY^T, X^T
+//   forward_packed  the forward for batches <= 4 in the packed layout (register permutes)
+// For batch >= kTransposeMinBatch the dense operand is first copied into a transposed,
+// zero-padded (and for the AXPY, tiled) buffer so inner loops run over whole vectors of the
+// batch; smaller batches gather in the natural layout. Work is split over output rows with
+// at::parallel_for (OpenMP). Kernel bodies: cfi_kernels.h, compiled per instruction set.
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -25,8 +27,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/index_select.h>
 #include <torch/library.h>
 
 #include "cfi_checks.h"
@@ -39,7 +42,7 @@ template <typename T> struct SpmmProblem {
   const int32_t* cols;  // [nnz] column of each entry (an index into the dense operand)
   const T* vals;        // [nnz]
   int64_t k;
-  const T* src;         // dense operand: [nb, ld_src] natural or [n_src, ld_src] transposed
+  const T* src;         // dense operand: [nb, ld_src] natural, or tiled transposed (batch ld_src)
   int64_t ld_src;
   bool transposed;
   int64_t n_src;
@@ -52,9 +55,10 @@ template <typename T> struct SpmmProblem {
 template <typename T> struct SddmmProblem {
   const int32_t* idx;
   int64_t k;
-  const T* dy;  // [nb, ld_dy] natural or [n_out, ld_x] transposed
+  int64_t n_out;
+  const T* dy;  // [nb, ld_dy] natural, or [n_out, ld_x] transposed (untiled)
   int64_t ld_dy;
-  const T* x;   // [nb, ld_x] natural or [n_src, ld_x] transposed
+  const T* x;   // [nb, ld_x] natural, or [n_src, ld_x] transposed (untiled)
   int64_t ld_x;
   bool transposed;
   int64_t n_src;
@@ -62,13 +66,23 @@ template <typename T> struct SddmmProblem {
   T* dv;
 };
 
+template <typename T> struct PackedProblem {  // see packed_rows in cfi_kernels.h
+  const T* pvals;              // [slots, 16]
+  const uint8_t* pidx;         // [slots, 16]
+  const int32_t* counts;       // [groups, nblk]
+  int64_t nblk;
+  const int64_t* group_slot;   // [groups + 1] first slot of each group
+  const float* xpad;           // one input row as fp32, zero padded to nblk * 32
+  float* y;                    // [groups * 16]
+};
+
 #ifdef CFI_MULTI_ISA
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
 namespace avx512 {
-#define CFI_GATHER16 1
+#define CFI_AVX512 1
 #include "cfi_kernels.h"
-#undef CFI_GATHER16
+#undef CFI_AVX512
 }  // namespace avx512
 #pragma GCC pop_options
 #pragma GCC push_options
@@ -122,23 +136,14 @@ std::string isa_op(std::string set) {
   return isa_name(active_isa());
 }
 
-template <typename T> bool spmm_part(const SpmmProblem<T>& q, int64_t r0, int64_t r1) {
+// f(kernels) with the Kernels struct of the active instruction set.
+template <typename F> auto on_active_isa(const F& f) {
   switch (active_isa().load(std::memory_order_relaxed)) {
 #ifdef CFI_MULTI_ISA
-    case Isa::avx512: return avx512::spmm_part(q, r0, r1);
-    case Isa::avx2: return avx2::spmm_part(q, r0, r1);
+    case Isa::avx512: return f(avx512::Kernels{});
+    case Isa::avx2: return f(avx2::Kernels{});
 #endif
-    default: return base::spmm_part(q, r0, r1);
-  }
-}
-
-template <typename T> bool sddmm_part(const SddmmProblem<T>& q, int64_t o0, int64_t o1) {
-  switch (active_isa().load(std::memory_order_relaxed)) {
-#ifdef CFI_MULTI_ISA
-    case Isa::avx512: return avx512::sddmm_part(q, o0, o1);
-    case Isa::avx2: return avx2::sddmm_part(q, o0, o1);
-#endif
-    default: return base::sddmm_part(q, o0, o1);
+    default: return f(base::Kernels{});
   }
 }
 
@@ -156,14 +161,71 @@ template <typename S> typename Raw<S>::type* raw_mut(at::Tensor& t) {
   return reinterpret_cast<typename Raw<S>::type*>(t.data_ptr<S>());
 }
 
-// x [B, n] -> [n, ld]: ld = B rounded up to 64 bytes of elements, zero padded.
-at::Tensor padded_transpose(const at::Tensor& x) {
-  const int64_t chunk = 64 / x.element_size();
-  const int64_t b = x.size(0), ld = (b + chunk - 1) / chunk * chunk;
-  at::Tensor t = at::empty({x.size(1), ld}, x.options());
-  if (ld > b) t.narrow(1, b, ld - b).zero_();
-  t.narrow(1, 0, b).copy_(x.t());
+// Element-size views: transposes and gathers only move bytes.
+template <typename F> void by_element_size(int64_t size, const F& f) {
+  switch (size) {
+    case 2: f(uint16_t{}); break;
+    case 4: f(uint32_t{}); break;
+    default: f(uint64_t{}); break;
+  }
+}
+
+// Batch padded to whole 64-byte chunks (the kernels' vector unit).
+int64_t padded_batch(int64_t b, int64_t element_size) {
+  const int64_t chunk = 64 / element_size;
+  return (b + chunk - 1) / chunk * chunk;
+}
+
+// x [B, n] -> transposed, batch zero padded to ld and cut in tiles of `tile_bytes` (0: one
+// tile, i.e. a plain [n, ld] matrix); tile t is a contiguous [n, w_t] block (cfi_kernels.h).
+// Copied in 32 x 32 blocks so reads and writes both stay within a few cache lines.
+at::Tensor tiled_transpose(const at::Tensor& x_in, int64_t tile_bytes = 256) {
+  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
+  const int64_t b = x.size(0), n = x.size(1), lds = x.stride(0);
+  const int64_t ld = padded_batch(b, x.element_size());
+  const int64_t tw = tile_bytes > 0 ? tile_bytes / x.element_size() : ld;
+  at::Tensor t = at::empty({n * ld}, x.options());
+  constexpr int64_t kBlock = 32;
+  by_element_size(x.element_size(), [&](auto tag) {
+    using U = decltype(tag);
+    const U* src = static_cast<const U*>(x.data_ptr());
+    U* dst = static_cast<U*>(t.data_ptr());
+    at::parallel_for(0, (n + kBlock - 1) / kBlock, 4, [&](int64_t c0, int64_t c1) {
+      for (int64_t cb = c0 * kBlock; cb < std::min(n, c1 * kBlock); cb += kBlock) {
+        const int64_t ce = std::min(n, cb + kBlock);
+        for (int64_t b0 = 0; b0 < ld; b0 += tw) {
+          const int64_t w = std::min(tw, ld - b0), re = std::min(b, b0 + w);
+          U* tile = dst + b0 * n;
+          for (int64_t c = cb; c < ce; ++c) {
+            for (int64_t r = b0; r < re; ++r) tile[c * w + (r - b0)] = src[r * lds + c];
+            std::fill(tile + c * w + std::max<int64_t>(re - b0, 0), tile + c * w + w, U(0));
+          }
+        }
+      }
+    });
+  });
   return t;
+}
+
+// values in CSC order: out[q] = values[pos[q]] (pos validated against nnz).
+at::Tensor gather_values(const at::Tensor& values, const int32_t* pos, int64_t nnz,
+                         const char* op) {
+  at::Tensor out = at::empty({nnz}, values.options());
+  std::atomic<bool> ok{true};
+  by_element_size(values.element_size(), [&](auto tag) {
+    using U = decltype(tag);
+    const U* src = static_cast<const U*>(values.data_ptr());
+    U* dst = static_cast<U*>(out.data_ptr());
+    at::parallel_for(0, nnz, 16384, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const uint32_t p = uint32_t(pos[q]);
+        if (p >= uint64_t(nnz)) { ok = false; break; }
+        dst[q] = src[p];
+      }
+    });
+  });
+  TORCH_CHECK_VALUE(ok.load(), op, ": t_index is not a valid transpose of indices");
+  return out;
 }
 
 // Rows per parallel task so that each task has at least ~32k multiply-adds.
@@ -241,15 +303,18 @@ at::Tensor cfi_forward(const at::Tensor& x, const at::Tensor& values, const at::
   const at::Tensor v = values.contiguous(), i = indices.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const bool tr = nb >= kTransposeMinBatch;
-  const at::Tensor src = tr ? padded_transpose(x) : x.contiguous();
+  const at::Tensor src = tr ? tiled_transpose(x) : x.contiguous();
+  const int64_t ld = tr ? padded_batch(nb, x.element_size()) : n_in;
   bool ok = true;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "cfi_forward", [&] {
     using T = typename Raw<scalar_t>::type;
     const SpmmProblem<T> q{nullptr, i.data_ptr<int32_t>(), raw<scalar_t>(v), k,
-                           raw<scalar_t>(src), src.size(1), tr, n_in, nb,
+                           raw<scalar_t>(src), ld, tr, n_in, nb,
                            raw_mut<scalar_t>(out), n_out,
                            b.defined() ? raw<scalar_t>(b) : nullptr};
-    ok = parallel_rows(n_out, k * nb, [&](int64_t r0, int64_t r1) { return spmm_part(q, r0, r1); });
+    ok = parallel_rows(n_out, k * nb, [&](int64_t r0, int64_t r1) {
+      return on_active_isa([&](auto kern) { return kern.spmm_part(q, r0, r1); });
+    });
   });
   if (!ok) bad_indices(op, n_in);
   return out;
@@ -272,18 +337,22 @@ at::Tensor cfi_backward_input(const at::Tensor& grad, const at::Tensor& values,
   at::Tensor out = at::empty({nb, n_in}, grad.options());
   if (nb == 0) return out;
   // Values in CSC order, so the kernel streams them (they change every step, the index not).
-  const at::Tensor tval = values.reshape({-1}).index_select(0, t.narrow(0, n_in + 1 + nnz, nnz));
+  const at::Tensor tval =
+      gather_values(values.contiguous(), t.data_ptr<int32_t>() + n_in + 1 + nnz, nnz, op);
   const bool tr = nb >= kTransposeMinBatch;
-  const at::Tensor src = tr ? padded_transpose(grad) : grad.contiguous();
+  const at::Tensor src = tr ? tiled_transpose(grad) : grad.contiguous();
+  const int64_t ld = tr ? padded_batch(nb, grad.element_size()) : n_out;
   bool ok = true;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "cfi_backward_input", [&] {
     using T = typename Raw<scalar_t>::type;
     const int32_t* tp = t.data_ptr<int32_t>();
     const SpmmProblem<T> q{tp, tp + n_in + 1, raw<scalar_t>(tval), 0,
-                           raw<scalar_t>(src), src.size(1), tr, n_out, nb,
+                           raw<scalar_t>(src), ld, tr, n_out, nb,
                            raw_mut<scalar_t>(out), n_in, nullptr};
     const int64_t per_row = std::max<int64_t>(1, nnz / n_in) * nb;
-    ok = parallel_rows(n_in, per_row, [&](int64_t r0, int64_t r1) { return spmm_part(q, r0, r1); });
+    ok = parallel_rows(n_in, per_row, [&](int64_t r0, int64_t r1) {
+      return on_active_isa([&](auto kern) { return kern.spmm_part(q, r0, r1); });
+    });
   });
   TORCH_CHECK_VALUE(ok, op, ": t_index is not a valid transpose of indices");
   return out;
@@ -299,23 +368,88 @@ at::Tensor cfi_backward_weight(const at::Tensor& grad, const at::Tensor& x,
   if (nb == 0) return dv.zero_();
   const at::Tensor i = indices.contiguous();
   const bool tr = nb >= kTransposeMinBatch;
-  const at::Tensor gs = tr ? padded_transpose(grad) : grad.contiguous();
-  const at::Tensor xs = tr ? padded_transpose(x) : x.contiguous();
+  const at::Tensor gs = tr ? tiled_transpose(grad, 0) : grad.contiguous();
+  const at::Tensor xs = tr ? tiled_transpose(x, 0) : x.contiguous();
+  const int64_t ld = padded_batch(nb, x.element_size());
   bool ok = true;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "cfi_backward_weight", [&] {
     using T = typename Raw<scalar_t>::type;
-    const SddmmProblem<T> q{i.data_ptr<int32_t>(), k, raw<scalar_t>(gs), gs.size(1),
-                            raw<scalar_t>(xs), xs.size(1), tr, n_in, nb, raw_mut<scalar_t>(dv)};
-    ok = parallel_rows(n_out, k * nb, [&](int64_t o0, int64_t o1) { return sddmm_part(q, o0, o1); });
+    const SddmmProblem<T> q{i.data_ptr<int32_t>(), k, n_out, raw<scalar_t>(gs), tr ? ld : n_out,
+                            raw<scalar_t>(xs), tr ? ld : n_in, tr, n_in, nb,
+                            raw_mut<scalar_t>(dv)};
+    ok = parallel_rows(n_out, k * nb, [&](int64_t o0, int64_t o1) {
+      return on_active_isa([&](auto kern) { return kern.sddmm_part(q, o0, o1); });
+    });
   });
   if (!ok) bad_indices(op, n_in);
   return dv;
 }
 
+// Small-batch inference through the packed layout (sparse_runner/kernels/packed.py).
+at::Tensor cfi_forward_packed(const at::Tensor& x, const at::Tensor& pvals, const at::Tensor& pidx,
+                              const at::Tensor& counts, const std::optional<at::Tensor>& bias,
+                              int64_t n_out) {
+  const char* op = "sparse_run::cfi_forward_packed";
+  check_packed(x, pvals, pidx, counts, bias, n_out, op);
+  const int64_t nb = x.size(0), n_in = x.size(1), groups = counts.size(0), nblk = counts.size(1);
+  const at::Tensor c = counts.contiguous(), v = pvals.contiguous(), ix = pidx.contiguous();
+  const int32_t* cp = c.data_ptr<int32_t>();
+  std::vector<int64_t> group_slot(groups + 1, 0);
+  for (int64_t g = 0; g < groups; ++g) {
+    int64_t n = 0;
+    for (int64_t cb = 0; cb < nblk; ++cb) n += std::max(cp[g * nblk + cb], 0);
+    group_slot[g + 1] = group_slot[g] + n;
+  }
+  TORCH_CHECK_VALUE(group_slot[groups] == pvals.size(0), op, ": counts add up to ",
+                    group_slot[groups], " slots but pvals has ", pvals.size(0));
+  at::Tensor out = at::empty({nb, n_out}, x.options());
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  std::vector<float> xpad(nblk * 32, 0.f), y(groups * 16);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, pvals.scalar_type(), "cfi_forward_packed", [&] {
+    using T = typename Raw<scalar_t>::type;
+    const PackedProblem<T> q{raw<scalar_t>(v), ix.data_ptr<uint8_t>(), cp, nblk,
+                             group_slot.data(), xpad.data(), y.data()};
+    for (int64_t r = 0; r < nb; ++r) {
+      std::memcpy(xpad.data(), xf.data_ptr<float>() + r * n_in, n_in * sizeof(float));
+      at::parallel_for(0, groups, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, nblk)),
+                       [&](int64_t g0, int64_t g1) {
+                         on_active_isa([&](auto kern) { kern.packed_part(q, g0, g1); });
+                       });
+      const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+      auto* o = raw_mut<scalar_t>(out) + r * n_out;
+      for (int64_t i = 0; i < n_out; ++i) o[i] = base::Kernels::round<T>(y[i] + (bp ? bp[i] : 0.f));
+    }
+  });
+  return out;
+}
+
+// Autograd kernel of the packed forward: it has no backward, so refuse to build a graph
+// (without it autograd would warn and return wrong gradients); no Python on this path.
+at::Tensor cfi_forward_packed_autograd(const at::Tensor& x, const at::Tensor& pvals,
+                                       const at::Tensor& pidx, const at::Tensor& counts,
+                                       const std::optional<at::Tensor>& bias, int64_t n_out) {
+  const bool wants_grad = x.requires_grad() || pvals.requires_grad() ||
+                          (bias.has_value() && bias->requires_grad());
+  TORCH_CHECK(!(at::GradMode::is_enabled() && wants_grad),
+              "sparse_run::cfi_forward_packed is inference-only (no backward); use cfi_forward, "
+              "or call it under torch.no_grad() / torch.inference_mode()");
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("sparse_run::cfi_forward_packed", "")
+                             .typed<decltype(cfi_forward_packed)>();
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // fake/functional tensors too
+  return op.call(x, pvals, pidx, counts, bias, n_out);
+}
+
 }  // namespace cpu
 }  // namespace sparse_run
 
+TORCH_LIBRARY_IMPL(sparse_run, AutogradCPU, m) {
+  m.impl("cfi_forward_packed", &sparse_run::cpu::cfi_forward_packed_autograd);
+}
+
 TORCH_LIBRARY_IMPL(sparse_run, CPU, m) {
+  m.impl("cfi_forward_packed", &sparse_run::cpu::cfi_forward_packed);
   m.impl("cfi_forward", &sparse_run::cpu::cfi_forward);
   m.impl("cfi_backward_input", &sparse_run::cpu::cfi_backward_input);
   m.impl("cfi_backward_weight", &sparse_run::cpu::cfi_backward_weight);

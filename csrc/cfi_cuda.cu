@@ -87,7 +87,8 @@ axpy_kernel(Rows<T> rows, const T* __restrict__ srcT, int64_t ld, int64_t n_src,
           v = rows.value(p);
         }
         const int n = int(min(int64_t(32), e - p0));
-        for (int t = 0; t < n; ++t) {
+#pragma unroll 4
+        for (int t = 0; t < n; ++t) {  // independent loads: unrolled so several are in flight
           const uint32_t ct = uint32_t(__shfl_sync(kFull, c, t));
           const A vt = __shfl_sync(kFull, v, t);
           if (ct < uint64_t(n_src) && b_ok) acc += vt * to_acc(srcT[int64_t(ct) * ld + b]);
@@ -195,24 +196,23 @@ template <typename T> cudaError_t sddmm(const SddmmArgs& a, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-}  // namespace
-
-cudaError_t launch_spmm(const SpmmArgs& a, DType dtype, cudaStream_t stream) {
+template <typename F> cudaError_t by_dtype(DType dtype, const F& f) {
   switch (dtype) {
-    case DType::f32: return spmm<float>(a, stream);
-    case DType::bf16: return spmm<__nv_bfloat16>(a, stream);
-    case DType::f64: return spmm<double>(a, stream);
+    case DType::f32: return f(float{});
+    case DType::bf16: return f(__nv_bfloat16{});
+    case DType::f64: return f(double{});
   }
   return cudaErrorInvalidValue;
 }
 
+}  // namespace
+
+cudaError_t launch_spmm(const SpmmArgs& a, DType dtype, cudaStream_t stream) {
+  return by_dtype(dtype, [&](auto t) { return spmm<decltype(t)>(a, stream); });
+}
+
 cudaError_t launch_sddmm(const SddmmArgs& a, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::f32: return sddmm<float>(a, stream);
-    case DType::bf16: return sddmm<__nv_bfloat16>(a, stream);
-    case DType::f64: return sddmm<double>(a, stream);
-  }
-  return cudaErrorInvalidValue;
+  return by_dtype(dtype, [&](auto t) { return sddmm<decltype(t)>(a, stream); });
 }
 
 }  // namespace cuda

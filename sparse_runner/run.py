@@ -10,12 +10,13 @@ import math
 import random
 import shutil
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import checkpoint as ckpt
 from . import summary as sm
@@ -45,6 +46,22 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"trainer.{key}={value} must be a positive integer")
     if not isinstance(cfg.seed, int):
         raise UserError(f"seed={cfg.seed} must be an integer")
+
+
+AUTO_SPARSE_METHOD = "rigl"  # the Sparse-IFT paper trains every IFT member with RigL
+
+
+def resolve_method(cfg: DictConfig) -> DictConfig:
+    """``method=auto`` (the default): dense when s == 0 and ift=none, else RigL with its defaults."""
+    if cfg.method.name != "auto":
+        return cfg
+    s = cfg.s if isinstance(cfg.s, (int, float)) else 0.0
+    name = "dense" if s == 0 and cfg.ift.name == "none" else AUTO_SPARSE_METHOD
+    chosen = OmegaConf.load(str(resources.files("sparse_runner.conf") / "method" / f"{name}.yaml"))
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.method = chosen
+    return cfg
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,7 +97,7 @@ class Run:
         self.baseline: LayerTable | None = None
         self.sparse: list[str] = []
         self.iso: IsoFlopResult | None = None
-        self.s_eff = float(cfg.s)
+        self.s_eff = float(cfg.s) if isinstance(cfg.s, (int, float)) else 0.0
         self.steps_per_epoch = 0
         self.trainer: Trainer | None = None
         self.wandb_id: str | None = None
@@ -134,7 +151,8 @@ class Run:
 
     def _search_isoflop(self) -> None:
         cfg, method = self.cfg, self.method
-        if not method.sparse or cfg.ift.name == "none" or not cfg.sparse.isoflop:
+        if (not method.sparse or not method.isoflop_search or cfg.ift.name == "none"
+                or not cfg.sparse.isoflop):
             return
         dist, extra = cfg.distribution, self._extra_dense()
         self.iso = isoflop_sparsity(
@@ -281,7 +299,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     User errors, NaN losses and interruptions still write a ``failed`` summary and are then
     re-raised for the CLI to turn into an exit code; bugs keep their traceback.
     """
-    r = Run(cfg, Path(run_dir))
+    r = Run(resolve_method(cfg), Path(run_dir))
     try:
         r.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -13,6 +13,12 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
+import torch  # noqa: E402
+
+# The tests use tiny models, where a second intra-op thread costs more than it brings (and
+# thrashes when the 2 CI cores are shared); the kernels' threading is tested explicitly.
+torch.set_num_threads(1)
+
 # Tiny, fast defaults for end-to-end runs: an 8-wide ResNet-18 on digits, one epoch, no bar.
 TINY = ("model.base_width=8", "trainer.epochs=1", "trainer.progress=false", "run.device=cpu")
 

@@ -1,8 +1,9 @@
 """Models and builders shared by the Sparse-IFT tests (test_ift_*.py, test_flops.py, test_isoflop.py)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
+import pytest
 import torch
 from torch import nn
 
@@ -11,6 +12,16 @@ from sparse_runner.ift import build_ift_model
 from sparse_runner.models import build_model
 
 CIFAR = (3, 32, 32)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared CPU: one intra-op thread is faster than two fighting for cores
+    (10x and more when other processes are busy), and gives the same numbers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def resnet(name: str = "resnet18", classes: int = 100, size: int = 32,

@@ -33,14 +33,17 @@ def table_of(model: Stack) -> LayerTable:
 
 
 def make(method: str, shapes: Sequence[Sequence[int]], s: float, *, total_steps: int = 40,
-         distribution: str = "uniform", seed: int = 0, optimizer: str = "sgd",
+         distribution: str | dict = "uniform", seed: int = 0, optimizer: str = "sgd",
          **options: Any) -> tuple[Stack, SparsityMethod, torch.optim.Optimizer]:
     """Model, set-up method and attached optimizer (SGD+momentum+wd or AdamW)."""
     model = Stack(shapes, torch.Generator().manual_seed(seed))
+    if method in ("set", "rigl", "srigl"):
+        options.setdefault("delta_t", 4)
     m = build_method({"name": method, **options})
     table = table_of(model)
+    dist = {"name": distribution} if isinstance(distribution, str) else distribution
     m.setup(model, SetupContext(table=table, sparse=model.names, s=s, total_steps=total_steps,
-                                seed=seed, distribution={"name": distribution}))
+                                seed=seed, distribution=dist))
     if optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     else:

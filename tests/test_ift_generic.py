@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ift_helpers import MLP, CIFAR, SepNet, meta, resnet
+from ift_helpers import CIFAR, MLP, SepNet, meta, one_thread, resnet  # noqa: F401 (fixture)
 from sparse_runner.errors import UserError
 from sparse_runner.flops import origins, trace_layers
 from sparse_runner.ift import build_family, build_ift_model
@@ -16,6 +16,8 @@ from sparse_runner.ift.factorized import Factorized
 from sparse_runner.ift.parallel import ParallelBranches
 from sparse_runner.ift.wide import Width
 from sparse_runner.sparsity.filter import is_marked_dense
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MEMBERS = ("wide", "parallel", "factorized", "doped")
 

@@ -6,13 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from ift_helpers import meta, resnet
+from ift_helpers import meta, one_thread, resnet  # noqa: F401 (fixture)
 from sparse_runner.ift import build_ift_model, describe_ift
 from sparse_runner.ift.doped import Doped
 from sparse_runner.ift.factorized import Factorized
 from sparse_runner.ift.parallel import ParallelBranches
 from sparse_runner.sparsity import select_sparse
 from sparse_runner.sparsity.filter import is_marked_dense
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BUILD = resnet()
 # (weight-module name, f_in, f_out, kernel) of every layer the non-wide members replace: the

@@ -9,11 +9,14 @@ import json
 import pytest
 
 from conftest import compose
+from ift_helpers import one_thread  # noqa: F401 (fixture)
 from sparse_runner.errors import UserError
 from sparse_runner.ift.survey import MEMBERS, Survey, search
 from sparse_runner.isoflop import isoflop_sparsity
 from sparse_runner.run import run
 from sparse_runner.sparsity import METHODS, SparsityMethod, build_method, planned_nnz
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SURVEY = Survey.for_dataset("resnet18", "cifar100")
 
@@ -93,7 +96,12 @@ def test_dry_run_reports_an_iso_flop_wide_model(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "dry_run"
     sp, fl, iso = summary["sparsity"], summary["flops"], summary["isoflop"]
     assert sp["target"] == 0.9 and sp["effective"] == iso_s(summary)
-    assert abs(fl["sparse_fwd"] - fl["dense_baseline_fwd"]) <= 1e-5 * fl["dense_baseline_fwd"]
+    # Within one nonzero of the costliest layer (2 FLOPs x 32 x 32 positions): the resolution of
+    # any search over nonzero counts. For this 16-wide model that is 2.9e-5 relative; for the
+    # full ResNet-18 it is 1.8e-6 and the members test above asserts 1e-5.
+    assert abs(fl["sparse_fwd"] - fl["dense_baseline_fwd"]) <= 2 * 32 * 32
+    assert iso["rel_error"] == pytest.approx(
+        abs(fl["sparse_fwd"] - fl["dense_baseline_fwd"]) / fl["dense_baseline_fwd"])
     assert fl["model_dense_fwd"] > 9 * fl["dense_baseline_fwd"]
     assert summary["model"]["ift_info"]["k_sw"] == pytest.approx(10 ** 0.5)
     assert summary["model"]["params_total"] > 9 * 11e6 / 16

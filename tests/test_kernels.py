@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_runner.kernels import build, cfi_linear, reference
+from sparse_runner.kernels import build, cfi_linear, packed, reference
 
 ops = torch.ops.sparse_run
 HAS_EXT = build.ensure("cpu") == "extension"
@@ -85,6 +85,44 @@ def test_ops_match_reference(isa, dtype, shape):
                                    **tol(dtype))
     torch.testing.assert_close(ops.cfi_backward_weight(gy_in, x_in, idx),
                                reference.backward_weight(d(gy), d(x), idx).to(dtype), **tol(dtype))
+    if dtype != torch.float64:  # the packed inference layout (float32 / bfloat16 only)
+        p = packed.pack(values, idx, n_in)
+        torch.testing.assert_close(packed.unpack(p, n_out, n_in),
+                                   reference.dense_weight(values, idx, n_in))
+        torch.testing.assert_close(ops.cfi_forward_packed(x_in, *p, bias, n_out),
+                                   reference.forward(d(x), d(values), idx, d(bias)).to(dtype),
+                                   **tol(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES + [(1024, 3072, 768, 307), (4096, 512, 256, 64)],
+                         ids=lambda s: "b{}_in{}_out{}_k{}".format(*s))
+def test_cuda_ops_match_reference(dtype, shape):
+    """The CUDA kernels against the float64 CPU reference: outputs and all gradients."""
+    assert build.ensure("cuda") == "extension", build.status()
+    batch, n_in, n_out, k = shape
+    values, idx = random_cfi(n_out, n_in, k, dtype, seed=batch)
+    g = torch.Generator().manual_seed(2)
+    # inputs rounded to dtype first, so the float64 oracle sees exactly what the kernels see
+    x, gy = (torch.randn(batch, n, generator=g, dtype=torch.float64).to(dtype).double()
+             for n in (n_in, n_out))
+    bias = torch.randn(n_out, generator=g, dtype=torch.float64).to(dtype).double()
+    cuda = lambda t: t.to(dtype).cuda()  # noqa: E731
+    want = {"y": reference.forward(x, values.double(), idx, bias),
+            "dx": reference.backward_input(gy, values.double(), idx, n_in),
+            "dv": reference.backward_weight(gy, x, idx)}
+    ci = idx.cuda()
+    got = {"y": ops.cfi_forward(cuda(x), cuda(values), ci, cuda(bias)),
+           "dx": ops.cfi_backward_input(cuda(gy), cuda(values), ci, n_in,
+                                        ops.cfi_transpose_index(ci, n_in)),
+           "dv": ops.cfi_backward_weight(cuda(gy), cuda(x), ci)}
+    torch.testing.assert_close(ops.cfi_transpose_index(ci, n_in).cpu(),
+                               reference.transpose_index(idx, n_in))
+    for name in want:
+        torch.testing.assert_close(got[name].cpu(), want[name].to(dtype), **tol(dtype),
+                                   msg=lambda m: f"{name}: {m}")
 
 
 @needs_ext
@@ -130,6 +168,7 @@ def _opcheck_samples():
         (ops.cfi_backward_input.default, (gy, values, idx, 8)),
         (ops.cfi_backward_weight.default, (*grads(gy, x), idx)),
         (ops.cfi_transpose_index.default, (idx, 8)),
+        (ops.cfi_forward_packed.default, (x[:2], *packed.pack(values, idx, 8), bias, 5)),
     ]
 
 

@@ -13,7 +13,7 @@ FALLBACK_SCRIPT = textwrap.dedent("""
     import warnings, torch
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        from sparse_runner.kernels import SparseLinear, build, cfi_linear, reference
+        from sparse_runner.kernels import SparseLinear, build, cfi_linear
         layer = SparseLinear(16, 8, 0.5)
         x = torch.randn(3, 16, requires_grad=True)
         y = layer(x)
@@ -65,7 +65,7 @@ def test_missing_compiler_falls_back_with_a_clear_reason():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
 def test_cuda_sources_compile():
     """The AOT build command compiles and links the CUDA kernels (sm_80 and sm_90)."""
-    r = _run(["-m", "sparse_runner.kernels.build", "--cuda"],
+    r = _run(["-m", "sparse_runner.kernels", "--cuda"],
              {"TORCH_CUDA_ARCH_LIST": "8.0;9.0", "SPARSE_RUN_NO_EXT": ""}, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr[-6000:]
     assert "cuda: " in r.stdout and r.stdout.strip().endswith(".so")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_runner.kernels import SparseLinear, build, reference
+from sparse_runner.kernels import SparseLinear, build, packed, reference
 
 ops = torch.ops.sparse_run
 HAS_EXT = build.ensure("cpu") == "extension"
@@ -12,6 +12,7 @@ HAS_EXT = build.ensure("cpu") == "extension"
 V = torch.randn(4, 3)
 I = torch.tensor([[0, 2, 5], [1, 2, 3], [0, 1, 2], [3, 4, 5]], dtype=torch.int32)
 X, G = torch.randn(2, 6), torch.randn(2, 4)
+PACKED = packed.pack(V, I, 6)
 
 # (name, op name, args, exception, message pattern)
 CASES = [
@@ -33,10 +34,17 @@ CASES = [
     ("bwd_w_index", "cfi_backward_weight", (G, X[:, :4], I), ValueError, r"indices must lie in"),
     ("bwd_w_k_zero", "cfi_backward_weight", (G, X, I[:, :0]), ValueError, r"k >= 1"),
     ("transpose_index", "cfi_transpose_index", (I, 5), ValueError, r"indices must lie in"),
+    ("packed_counts_shape", "cfi_forward_packed", (X, *PACKED[:2], PACKED[2][:, :0], None, 4),
+     ValueError, r"counts must have shape"),
+    ("packed_counts_sum", "cfi_forward_packed", (X, *PACKED[:2], PACKED[2] + 1, None, 4),
+     ValueError, r"slots"),
+    ("packed_float64", "cfi_forward_packed", (X.double(), *PACKED, None, 4), TypeError,
+     r"float32 or bfloat16"),
 ]
 REFERENCE = {"cfi_forward": reference.forward, "cfi_backward_input": reference.backward_input,
              "cfi_backward_weight": reference.backward_weight,
-             "cfi_transpose_index": reference.transpose_index}
+             "cfi_transpose_index": reference.transpose_index,
+             "cfi_forward_packed": reference.forward_packed}
 
 
 @pytest.mark.parametrize("path", ["kernel", "reference"])
@@ -59,6 +67,14 @@ def test_malformed_t_index_raises():
     t[7] = 99  # a row (output neuron) that does not exist
     with pytest.raises(ValueError, match="t_index"):
         ops.cfi_backward_input(G, V, I, 6, t)
+
+
+def test_packed_forward_refuses_to_backprop():
+    x = X.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="inference-only"):
+        ops.cfi_forward_packed(x, *PACKED, None, 4).sum().backward()
+    with torch.no_grad():
+        assert ops.cfi_forward_packed(x, *PACKED, None, 4).shape == (2, 4)
 
 
 def test_layer_bad_arguments():

@@ -56,6 +56,22 @@ def test_state_dict_round_trip_including_k_change():
     assert "t_index" not in a.state_dict()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_path_tracks_weight_updates(dtype):
+    """No-grad small batches take the packed layout, rebuilt whenever the weights change."""
+    layer = SparseLinear(70, 20, 0.8, dtype=dtype)
+    x = torch.randn(3, 70, dtype=dtype)
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else {}
+    for _ in range(2):
+        with torch.inference_mode():
+            y = layer(x)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), y)
+        torch.testing.assert_close(y, masked_reference(layer, x).detach(), **tol)
+        with torch.no_grad():
+            layer.values.mul_(-2.0)  # an optimizer step would do the same
+
+
 def test_training_reduces_loss_in_bf16_and_fp32():
     for dtype in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)

@@ -102,7 +102,7 @@ def test_dry_run_writes_summary_without_training(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (("s=-0.1", "method=static"), "outside"),
-    (("s=0.5",), "method=dense"),
+    (("s=0.5", "method=dense"), "method=dense"),
     (("method=static",), "needs a sparsity"),
     (("trainer.batch_size=4096",), "smaller than one step"),
     (("trainer.precision=fp8",), "precision"),
@@ -112,6 +112,12 @@ def test_bad_input_is_one_line(tmp_path, overrides, message):
         run_tiny(tmp_path, *overrides)
     assert "\n" not in str(info.value)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_method_auto_picks_dense_or_rigl(tmp_path):
+    assert run_tiny(tmp_path, "run.dry_run=true", name="a")["method"] == "dense"
+    sparse = run_tiny(tmp_path, "run.dry_run=true", "s=0.8", name="b")
+    assert sparse["method"] == "rigl" and sparse["sparsity"]["sparse_layers"] == pytest.approx(0.8, abs=1e-4)
 
 
 def test_wandb_offline_mirror(tmp_path):
@@ -126,7 +132,7 @@ def test_wandb_offline_mirror(tmp_path):
 def test_default_config_is_the_documented_one():
     cfg = compose([])
     assert (cfg.model.name, cfg.dataset.name, cfg.method.name, cfg.ift.name) == \
-        ("resnet18", "digits", "dense", "none")
+        ("resnet18", "digits", "auto", "none")
     assert cfg.s == 0.0 and cfg.seed == 0 and cfg.sparse.dense == ["stem", "head"]
     paper = compose(["experiment=cifar100_resnet18"])
     assert (paper.trainer.epochs, paper.trainer.batch_size, paper.optimizer.lr) == (200, 128, 0.1)

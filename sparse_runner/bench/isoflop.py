@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
+import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..checkpoint import atomic_write_json
 from ..ift.survey import MEMBERS, PAPER_S, Survey, search
@@ -28,10 +30,6 @@ from ..summary import versions
 
 
 def machine() -> dict[str, Any]:
-    import platform
-
-    import torch
-
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0]}
 
@@ -67,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     survey = Survey.for_dataset(args.model, args.dataset)
     results = []
-    print(f"{'ift':<11}{'dist':<9}{'method':<8}{'s':>6}{'layers':>8}{'median ms':>11}"
+    print(f"{'ift':<11}{'dist':<9}{'method':<8}{'s':>6}{'sparse L':>9}{'median ms':>11}"
           f"{'s_eff':>10}{'rel.err':>10}{'iters':>7}")
     for member in args.members:
         for dist in args.distributions:
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 for s in args.s:
                     r = measure(survey, member, s, dist, method, args.repeats)
                     results.append(r)
-                    print(f"{member:<11}{dist:<9}{method:<8}{s:>6}{r['sparse_layers']:>8}"
+                    print(f"{member:<11}{dist:<9}{method:<8}{s:>6}{r['sparse_layers']:>9}"
                           f"{r['median_s'] * 1e3:>11.2f}{r['s_effective']:>10.5f}"
                           f"{r['rel_error']:>10.1e}{r['iterations']:>7}")
     worst = max(r["median_s"] for r in results)

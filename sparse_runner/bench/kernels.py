@@ -19,6 +19,7 @@ import argparse
 import datetime as _dt
 import json
 import platform
+import statistics
 import sys
 import warnings
 from collections.abc import Callable
@@ -62,14 +63,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    metavar="INxOUT")
     p.add_argument("--infer-batches", default="1,256")
     p.add_argument("--no-sparse", action="store_true", help="skip torch.sparse CSR/COO rows")
-    p.add_argument("--min-time", type=float, default=None, help="seconds per case (default 2, "
-                   "quick 0.6)")
+    p.add_argument("--min-time", type=float, default=None, help="seconds per case over all "
+                   "rounds (default 3, quick 0.6)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds over all cases (median)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = p.parse_args(argv)
     if args.quick:
         args.sparsities = [0.9]
-    args.min_time = args.min_time or (0.6 if args.quick else 2.0)
+    args.min_time = args.min_time or (0.6 if args.quick else 3.0)
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     args.benches = [b for b in args.benches.split(",") if b]
     args.infer_batches = [int(b) for b in args.infer_batches.split(",") if b]
@@ -146,7 +148,6 @@ def _layers(w: torch.Tensor, mask: torch.Tensor, b: torch.Tensor,
 
 # ------------------------------------------------------------------ timing
 def _median_ms(fn: Callable[[], object], min_time: float) -> float:
-    fn()  # warm-up (kernel build, allocator, caches)
     return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median * 1e3
 
 
@@ -170,14 +171,39 @@ def _infer(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+def _group(bench: str, n_in: int, n_out: int, batch: int, args: argparse.Namespace,
+           device: torch.device) -> list[tuple[dict, Callable[[], None]]]:
+    """Every (impl, s) case of one bench and batch, ready to time (dense ones once)."""
+    gen = torch.Generator().manual_seed(batch)
+    x32 = torch.randn(batch, n_in, generator=gen).to(device)
+    g32 = torch.randn(batch, n_out, generator=gen).to(device)
+    out = []
+    for s in args.sparsities:
+        w, mask, b = _random_layer(n_in, n_out, s, device)
+        for impl, (dlabel, make) in _layers(w, mask, b, args, bench).items():
+            if impl.startswith("dense") and s != args.sparsities[0]:
+                continue
+            x = x32.to(dtype=_DTYPES[dlabel], copy=True)
+            layer = make().to(device)
+            if bench == "train":
+                fn = _train_step(layer, x.requires_grad_(), g32.to(_DTYPES[dlabel]))
+            else:
+                fn = _infer(layer, x)
+            fn()  # warm-up: kernel build, caches, packing
+            out.append(({"bench": bench, "impl": impl, "s": 0.0 if impl.startswith("dense") else s,
+                         "batch": batch, "dtype": dlabel, "shape": [n_in, n_out]}, fn))
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
+    """Time all cases; within one bench and batch, cases take turns (``--repeats`` rounds) so
+    that load changes on a shared machine hit them alike, and report the median round."""
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     from sparse_runner.kernels import build
 
     build.ensure(device.type)
-    cases: list[dict] = []
     plans = []
     if "train" in args.benches:
         bsz, n_in, n_out = args.train_shape
@@ -185,34 +211,22 @@ def run(args: argparse.Namespace) -> dict:
     if "infer" in args.benches:
         n_in, n_out = args.infer_shape
         plans.append(("infer", n_in, n_out, args.infer_batches))
-    gen = torch.Generator().manual_seed(1)
+    cases: list[dict] = []
     for bench, n_in, n_out, batches in plans:
         for batch in batches:
-            x32 = torch.randn(batch, n_in, generator=gen).to(device)
-            g32 = torch.randn(batch, n_out, generator=gen).to(device)
-            dense_ms = None
-            for s in args.sparsities:
-                w, mask, b = _random_layer(n_in, n_out, s, device)
-                for impl, (dlabel, make) in _layers(w, mask, b, args, bench).items():
-                    if impl.startswith("dense") and s != args.sparsities[0]:
-                        continue
-                    dtype = _DTYPES[dlabel]
-                    layer = make().to(device)
-                    x = x32.to(dtype)
-                    if bench == "train":
-                        fn = _train_step(layer, x.requires_grad_(), g32.to(dtype))
-                    else:
-                        fn = _infer(layer, x)
-                    ms = _median_ms(fn, args.min_time)
-                    if impl == "dense_fp32":
-                        dense_ms = ms
-                    case = {"bench": bench, "impl": impl,
-                            "s": 0.0 if impl.startswith("dense") else s,
-                            "batch": batch, "dtype": dlabel, "median_ms": round(ms, 4),
-                            "ratio_vs_dense_fp32": round(ms / dense_ms, 4) if dense_ms else None,
-                            "shape": [n_in, n_out]}
-                    cases.append(case)
-                    _print_case(case)
+            group = _group(bench, n_in, n_out, batch, args, device)
+            runs: list[list[float]] = [[] for _ in group]
+            for _ in range(args.repeats):
+                for i, (_, fn) in enumerate(group):
+                    runs[i].append(_median_ms(fn, args.min_time / args.repeats))
+            medians = [statistics.median(r) for r in runs]
+            dense = next((m for (c, _), m in zip(group, medians) if c["impl"] == "dense_fp32"),
+                         None)
+            for (case, _), ms, r in zip(group, medians, runs):
+                case.update(median_ms=round(ms, 4), runs_ms=[round(t, 4) for t in r],
+                            ratio_vs_dense_fp32=round(ms / dense, 4) if dense else None)
+                cases.append(case)
+                _print_case(case)
     return {"device": _device_name(device), "versions": _versions(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "threads": torch.get_num_threads(), "kernels": build.status(),

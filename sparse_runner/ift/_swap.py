@@ -38,12 +38,19 @@ def is_depthwise(module: nn.Module) -> bool:
             and module.groups == module.in_channels)
 
 
-def fan(layer: Layer) -> tuple[int, int]:
-    """(D_in, D_out) of the layer as a matrix: a k x k conv is (c_in * k * k) x c_out."""
+def io(layer: Layer) -> tuple[int, int]:
+    """(input, output) features of a Linear or channels of a conv."""
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features
-    kh, kw = layer.kernel_size
-    return layer.in_channels // layer.groups * kh * kw, layer.out_channels
+    return layer.in_channels, layer.out_channels
+
+
+def fan(layer: Layer) -> tuple[int, int]:
+    """(D_in, D_out) of the layer as a matrix: a k x k conv is (c_in * k * k) x c_out."""
+    d_in, d_out = io(layer)
+    if isinstance(layer, nn.Conv2d):
+        d_in = d_in // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+    return d_in, d_out
 
 
 @dataclass
@@ -58,6 +65,7 @@ def plan_layers(model: nn.Module, keep: set[str], exclude: Sequence[str], family
     if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
         raise UserError(f"ift.exclude={exclude!r} must be a list of glob patterns, "
                         "e.g. ift.exclude=['*downsample*']")
+    exclude = list(exclude)
     plan, used = Plan(), set()
     for name, module in list(flop_modules(model)):
         if name in keep:
@@ -119,18 +127,15 @@ def new_layer(like: Layer, *, in_f: int, out_f: int, bias: bool, pointwise: bool
 
 def fresh_copy(layer: Layer) -> Layer:
     """A layer with the same configuration (shape, stride, groups, bias) and new weights."""
-    if isinstance(layer, nn.Linear):
-        return new_layer(layer, in_f=layer.in_features, out_f=layer.out_features,
-                         bias=layer.bias is not None)
-    return new_layer(layer, in_f=layer.in_channels, out_f=layer.out_channels,
-                     bias=layer.bias is not None, groups=layer.groups)
+    d_in, d_out = io(layer)
+    return new_layer(layer, in_f=d_in, out_f=d_out, bias=layer.bias is not None,
+                     groups=getattr(layer, "groups", 1))
 
 
 def factor(layer: Layer, rank: int, *, bias: bool) -> tuple[Layer, Layer]:
     """U (the layer's kernel, stride and padding; ``rank`` outputs, no bias) and V (1x1 conv or
     Linear from ``rank`` to the layer's outputs, with a bias if ``bias``)."""
-    d_in = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
-    d_out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    d_in, d_out = io(layer)
     u = new_layer(layer, in_f=d_in, out_f=rank, bias=False)
     return u, new_layer(layer, in_f=rank, out_f=d_out, bias=bias, pointwise=True)
 
@@ -156,6 +161,15 @@ class IFTModule(nn.Module):
         raise NotImplementedError
 
 
+class LowRank(IFTModule):
+    """A module holding a factor pair ``u`` (rank outputs) and ``v`` (Factorized, Doped)."""
+
+    u: Layer
+
+    def describe(self) -> dict[str, Any]:
+        return {"rank": self.u.weight.shape[0]}
+
+
 class LayerSwap(IFTFamily):
     """A member that replaces each planned layer by ``replace(layer, s)``; depthwise convs stay
     as they are and are marked dense so the mask engine never sparsifies them."""
@@ -165,8 +179,7 @@ class LayerSwap(IFTFamily):
     options: ClassVar[dict[str, Any]] = {"exclude": []}
 
     def transform(self, model: nn.Module, s: float, keep: set[str]) -> nn.Module:
-        plan = plan_layers(model, keep, list(self.cfg["exclude"]), self.name,
-                           grouped_ok=self.grouped_ok)
+        plan = plan_layers(model, keep, self.cfg["exclude"], self.name, grouped_ok=self.grouped_ok)
         for _, conv in plan.depthwise:
             mark_dense(conv.weight)
         for name, layer in plan.transform:

@@ -23,14 +23,14 @@ from torch import nn
 
 from ..sparsity.filter import mark_dense
 from .base import IFTS, exact
-from ._swap import IFTModule, Layer, LayerSwap, factor, fan
+from ._swap import Layer, LayerSwap, LowRank, factor, fan
 
 
 def doped_rank(d_in: int, d_out: int, s: float) -> int:
     return math.floor(exact(s) * d_in * d_out / (d_in + d_out))
 
 
-class Doped(IFTModule):
+class Doped(LowRank):
     """sparse(x) + v(u(x)) with u, v dense by construction."""
 
     def __init__(self, sparse: Layer, u: Layer, v: Layer) -> None:
@@ -41,9 +41,6 @@ class Doped(IFTModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.sparse(x) + self.v(self.u(x))
-
-    def describe(self) -> dict[str, Any]:
-        return {"rank": self.u.weight.shape[0]}
 
 
 @IFTS.register("doped")

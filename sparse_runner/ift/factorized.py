@@ -21,14 +21,14 @@ import torch
 from torch import nn
 
 from .base import IFTS, exact
-from ._swap import IFTModule, Layer, LayerSwap, batch_norm, factor, fan
+from ._swap import Layer, LayerSwap, LowRank, batch_norm, factor, fan
 
 
 def factorized_rank(d_in: int, d_out: int, s: float) -> int:
     return math.ceil(d_in * d_out / ((d_in + d_out) * (1 - exact(s))))
 
 
-class Factorized(IFTModule):
+class Factorized(LowRank):
     """v(act(norm(u(x))))."""
 
     def __init__(self, u: Layer, v: Layer, norm: nn.Module, relu: bool) -> None:
@@ -38,9 +38,6 @@ class Factorized(IFTModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.v(self.act(self.norm(self.u(x))))
-
-    def describe(self) -> dict[str, Any]:
-        return {"rank": self.u.weight.shape[0]}
 
 
 @IFTS.register("factorized")

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import IFTFamily, IFTS, expansion
-from ._swap import IFTModule, Layer, LayerSwap, batch_norm, fresh_copy
+from .base import IFTS, expansion
+from ._swap import IFTModule, Layer, LayerSwap, batch_norm, fresh_copy, io
 
 
 def branches(s: float) -> int:
@@ -54,8 +54,7 @@ class Parallel(LayerSwap):
     def replace(self, layer: Layer, s: float) -> nn.Module:
         b = branches(s)
         layers = [layer] + [fresh_copy(layer) for _ in range(b - 1)]
-        features = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-        norms = [batch_norm(layer, features) if self.cfg["norm"] == "batch" else nn.Identity()
+        norms = [batch_norm(layer, io(layer)[1]) if self.cfg["norm"] == "batch" else nn.Identity()
                  for _ in range(b)]
         return ParallelBranches(layers, norms)
 

@@ -17,8 +17,8 @@ Environment:
   CXX, CUDA_HOME, MAX_JOBS, TORCH_CUDA_ARCH_LIST   as for torch.utils.cpp_extension
 
 Ahead of time (e.g. in a Docker image, or before a job on a cluster):
-  python -m sparse_runner.kernels.build            # CPU kernels
-  python -m sparse_runner.kernels.build --cuda     # CPU and CUDA kernels
+  python -m sparse_runner.kernels            # CPU kernels
+  python -m sparse_runner.kernels --cuda     # CPU and CUDA kernels
 """
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ from pathlib import Path
 
 import torch
 
-_CPU_SOURCES = ("cfi_cpu.cpp",)
-_CUDA_SOURCES = ("cfi_cuda.cpp", "cfi_cuda.cu")
+# device type -> (translation units, headers they include): all of them are hashed
+_SOURCES = {"cpu": (("cfi_cpu.cpp",), ("cfi_kernels.h", "cfi_checks.h")),
+            "cuda": (("cfi_cuda.cpp", "cfi_cuda.cu"), ("cfi_cuda.h", "cfi_checks.h"))}
 _CFLAGS = ("-O3", "-fopenmp", "-Wno-psabi")
 _CUDA_CFLAGS = ("-O3", "-std=c++17")
 
@@ -44,8 +45,12 @@ _status: dict[str, str] = {}  # device type -> "extension" | "reference: <why>"
 
 
 def source_dir() -> Path:
-    """Directory of the C++/CUDA sources (works from a checkout and an installed wheel)."""
-    return Path(str(importlib.resources.files("sparse_runner.csrc")))
+    """Directory of the C++/CUDA sources: the ``sparse_runner.csrc`` package of a wheel or an
+    editable install, else ``csrc/`` of a source checkout that was never installed."""
+    try:
+        return Path(str(importlib.resources.files("sparse_runner.csrc")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "csrc"
 
 
 def _disabled(device_type: str) -> bool:
@@ -60,9 +65,8 @@ def _ext_name(device_type: str, flags: tuple[str, ...]) -> str:
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or repr(
             [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())])
         h.update(archs.encode())
-    for p in sorted(source_dir().iterdir()):
-        if p.suffix in (".cpp", ".cu", ".h", ".cuh"):
-            h.update(p.name.encode() + p.read_bytes())
+    for name in sum(_SOURCES[device_type], ()):
+        h.update(name.encode() + (source_dir() / name).read_bytes())
     return f"sparse_run_{device_type}_{h.hexdigest()[:12]}"
 
 
@@ -116,7 +120,7 @@ def compile_extension(device_type: str, verbose: bool = False) -> Path:
     from torch.utils import cpp_extension
 
     cuda = device_type == "cuda"
-    sources = _CUDA_SOURCES if cuda else _CPU_SOURCES
+    sources = _SOURCES[device_type][0]
     name = _ext_name(device_type, _CFLAGS + (_CUDA_CFLAGS if cuda else ()))
     build_dir = _build_root() / name
     lib = build_dir / f"{name}.so"
@@ -165,7 +169,7 @@ def ensure(device_type: str) -> str:
             f"sparse_run: the compiled constant fan-in kernels are not available on "
             f"{device_type} because {reason}; using the pure-PyTorch reference "
             f"implementation instead (same results, no speedup over dense). To build them: "
-            f"python -m sparse_runner.kernels.build{' --cuda' if device_type == 'cuda' else ''}",
+            f"python -m sparse_runner.kernels{' --cuda' if device_type == 'cuda' else ''}",
             RuntimeWarning, stacklevel=3)
         return _status[device_type]
 
@@ -179,8 +183,8 @@ def status() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sparse_runner.kernels.build [--cuda] [--verbose]``: build ahead of time."""
-    parser = argparse.ArgumentParser(prog="python -m sparse_runner.kernels.build",
+    """``python -m sparse_runner.kernels [--cuda] [--verbose]``: build ahead of time."""
+    parser = argparse.ArgumentParser(prog="python -m sparse_runner.kernels",
                                      description="Build the sparse_run kernels into the cache.")
     parser.add_argument("--cuda", action="store_true", help="also build the CUDA kernels")
     parser.add_argument("--verbose", action="store_true", help="show compiler output")
@@ -194,7 +198,3 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{device_type}: {compile_extension(device_type, args.verbose)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """The ``sparse_run::cfi_*`` custom operators: schemas, fake kernels, autograd, reference.
 
 A constant fan-in weight is stored condensed: ``values`` [n_out, k] and int32 ``indices``
-[n_out, k] (row o has nonzeros at columns indices[o, :]). Three operators cover training:
+[n_out, k] (row o has nonzeros at columns indices[o, :]). The operators:
 
 * ``cfi_forward(x, values, indices, bias)``       Y = X W^T + bias            [B, n_out]
 * ``cfi_backward_input(grad, values, indices, n_in)``  dX = dY W              [B, n_in]
@@ -9,9 +9,11 @@ A constant fan-in weight is stored condensed: ``values`` [n_out, k] and int32 ``
 * ``cfi_transpose_index(indices, n_in)``  the CSC transpose of the index, built once per mask;
   ``t_index`` arguments take it so the backward to X needs no per-step sort (the forward
   only carries it to its backward)
+* ``cfi_forward_packed(x, pvals, pidx, counts, bias, n_out)``  inference only (no autograd):
+  the forward through the packed small-batch layout of packed.py
 
-The first three are closed under differentiation (each derivative is one of them), so autograd is
-registered for all three and double backward works too. Schemas live here, in Python, so the
+The first three cover training and are closed under differentiation (each derivative is one
+of them), so autograd is registered for all three and double backward works too. Schemas live here, in Python, so the
 operators exist whether or not the compiled kernels load: the reference (dense matmuls, see
 reference.py) is registered as the CompositeExplicitAutograd kernel, and the compiled CPU/CUDA
 kernels, when loaded by build.py, override it for their device. torch.compile sees the fake
@@ -33,13 +35,16 @@ _LIB.define("cfi_backward_input(Tensor grad_out, Tensor values, Tensor indices, 
             "Tensor? t_index=None) -> Tensor")
 _LIB.define("cfi_backward_weight(Tensor grad_out, Tensor x, Tensor indices) -> Tensor")
 _LIB.define("cfi_transpose_index(Tensor indices, SymInt n_in) -> Tensor")
+_LIB.define("cfi_forward_packed(Tensor x, Tensor pvals, Tensor pidx, Tensor counts, Tensor? bias, "
+            "SymInt n_out) -> Tensor")
 for _name, _fn in (("cfi_forward", reference.forward),
                    ("cfi_backward_input", reference.backward_input),
                    ("cfi_backward_weight", reference.backward_weight),
-                   ("cfi_transpose_index", reference.transpose_index)):
+                   ("cfi_transpose_index", reference.transpose_index),
+                   ("cfi_forward_packed", reference.forward_packed)):
     _LIB.impl(_name, _fn, "CompositeExplicitAutograd")
 
-_ops = torch.ops.sparse_run
+sparse_ops = torch.ops.sparse_run  # the operator namespace (after the definitions above)
 
 
 # ------------------------------------------------------------------ fake (shape-only) kernels
@@ -67,6 +72,12 @@ def _transpose_index_fake(indices, n_in):
     return indices.new_empty(n_in + 1 + 2 * indices.numel())
 
 
+@torch.library.register_fake("sparse_run::cfi_forward_packed")
+def _forward_packed_fake(x, pvals, pidx, counts, bias, n_out):
+    reference.check_packed(x, pvals, pidx, counts, bias, n_out)
+    return x.new_empty(x.shape[0], n_out)
+
+
 # ------------------------------------------------------------------ autograd
 def _need(ctx: Any, i: int) -> bool:
     return bool(ctx.needs_input_grad[i])
@@ -80,9 +91,9 @@ def _forward_setup(ctx, inputs, output):
 
 def _forward_backward(ctx, grad):
     x, values, indices, t_index = ctx.saved_tensors
-    gx = (_ops.cfi_backward_input(grad, values, indices, x.shape[1], t_index)
+    gx = (sparse_ops.cfi_backward_input(grad, values, indices, x.shape[1], t_index)
           if _need(ctx, 0) else None)
-    gv = _ops.cfi_backward_weight(grad, x, indices) if _need(ctx, 1) else None
+    gv = sparse_ops.cfi_backward_weight(grad, x, indices) if _need(ctx, 1) else None
     gb = grad.sum(0) if ctx.has_bias and _need(ctx, 3) else None
     return gx, gv, None, gb, None
 
@@ -95,8 +106,8 @@ def _bwd_input_setup(ctx, inputs, output):
 def _bwd_input_backward(ctx, h):
     # dX = G W is linear in G (-> h W^T) and in W (-> sampled G^T h).
     grad, values, indices, t_index = ctx.saved_tensors
-    gg = _ops.cfi_forward(h, values, indices, None, t_index) if _need(ctx, 0) else None
-    gv = _ops.cfi_backward_weight(grad, h, indices) if _need(ctx, 1) else None
+    gg = sparse_ops.cfi_forward(h, values, indices, None, t_index) if _need(ctx, 0) else None
+    gv = sparse_ops.cfi_backward_weight(grad, h, indices) if _need(ctx, 1) else None
     return gg, gv, None, None, None
 
 
@@ -108,8 +119,8 @@ def _bwd_weight_setup(ctx, inputs, output):
 def _bwd_weight_backward(ctx, h):
     # dV = sample(G^T X) is linear in G (-> X H^T) and in X (-> G H) with H = (h, indices).
     grad, x, indices = ctx.saved_tensors
-    gg = _ops.cfi_forward(x, h, indices, None) if _need(ctx, 0) else None
-    gx = _ops.cfi_backward_input(grad, h, indices, x.shape[1]) if _need(ctx, 1) else None
+    gg = sparse_ops.cfi_forward(x, h, indices, None) if _need(ctx, 0) else None
+    gx = sparse_ops.cfi_backward_input(grad, h, indices, x.shape[1]) if _need(ctx, 1) else None
     return gg, gx, None
 
 
@@ -119,6 +130,14 @@ torch.library.register_autograd("sparse_run::cfi_backward_input", _bwd_input_bac
                                 setup_context=_bwd_input_setup)
 torch.library.register_autograd("sparse_run::cfi_backward_weight", _bwd_weight_backward,
                                 setup_context=_bwd_weight_setup)
+
+
+def _packed_backward(ctx, grad):
+    raise RuntimeError("sparse_run::cfi_forward_packed is inference-only (no backward); use "
+                       "cfi_forward, or call it under torch.no_grad() / torch.inference_mode()")
+
+
+torch.library.register_autograd("sparse_run::cfi_forward_packed", _packed_backward)
 
 
 # ------------------------------------------------------------------ functional entry point
@@ -136,5 +155,5 @@ def cfi_linear(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
     if not torch.compiler.is_compiling():
         build.ensure(x.device.type)
     lead = x.shape[:-1]
-    y = _ops.cfi_forward(x.reshape(-1, x.shape[-1]), values, indices, bias, t_index)
+    y = sparse_ops.cfi_forward(x.reshape(-1, x.shape[-1]), values, indices, bias, t_index)
     return y.reshape(*lead, values.shape[0])

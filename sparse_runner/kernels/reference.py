@@ -116,6 +116,28 @@ def dense_weight(values: torch.Tensor, indices: torch.Tensor, n_in: int) -> torc
     return w.scatter_add(1, indices.long(), values)
 
 
+def check_packed(x: torch.Tensor, pvals: torch.Tensor, pidx: torch.Tensor, counts: torch.Tensor,
+                 bias: torch.Tensor | None, n_out: int) -> None:
+    op = "cfi_forward_packed"
+    _matrix(op, "x", x, None, "in_features")
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"sparse_run::{op}: x must be float32 or bfloat16, got {x.dtype}")
+    _same(op, x, pvals, "x", "pvals")
+    if pidx.dtype != torch.uint8 or counts.dtype != torch.int32:
+        raise TypeError(f"sparse_run::{op}: pidx must be uint8 and counts int32")
+    want = [-(-n_out // 16), -(-x.shape[1] // 32)]
+    if n_out < 1 or list(counts.shape) != want:
+        _fail(op, f"counts must have shape [ceil(out_features / 16), ceil(in_features / 32)] "
+                  f"= {want}, got {list(counts.shape)}")
+    if pvals.dim() != 2 or pvals.shape[1] != 16 or pidx.shape != pvals.shape:
+        _fail(op, f"pvals and pidx must both have shape [slots, 16], got {list(pvals.shape)} "
+                  f"and {list(pidx.shape)}")
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != n_out:
+            _fail(op, f"bias must have shape [{n_out}], got {list(bias.shape)}")
+        _same(op, bias, x, "bias", "x")
+
+
 def check_transpose_index(indices: torch.Tensor, n_in: int) -> None:
     _indices("cfi_transpose_index", indices)
     if n_in < 1:
@@ -138,6 +160,18 @@ def forward(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
     check_forward(x, values, indices, bias)
     check_index_range("cfi_forward", indices, x.shape[1])
     return F.linear(x, dense_weight(values, indices, x.shape[1]), bias)
+
+
+def forward_packed(x: torch.Tensor, pvals: torch.Tensor, pidx: torch.Tensor,
+                   counts: torch.Tensor, bias: torch.Tensor | None, n_out: int) -> torch.Tensor:
+    """Y = X W^T + bias with W given in the packed small-batch layout (packed.py)."""
+    from .packed import Packed, unpack
+
+    check_packed(x, pvals, pidx, counts, bias, n_out)
+    if int(counts.clamp(min=0).sum()) != pvals.shape[0]:
+        _fail("cfi_forward_packed", f"counts add up to {int(counts.clamp(min=0).sum())} "
+                                    f"slots but pvals has {pvals.shape[0]}")
+    return F.linear(x, unpack(Packed(pvals, pidx, counts), n_out, x.shape[1]), bias)
 
 
 def backward_input(grad: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,

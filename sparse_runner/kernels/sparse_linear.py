@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import reference
-from .ops import cfi_linear
+from . import build, ops, packed, reference
+
+_cfi_forward = ops.sparse_ops.cfi_forward
+_cfi_forward_packed = ops.sparse_ops.cfi_forward_packed
+PACKED_MAX_BATCH = 4  # inference batches up to this use the packed layout (packed.py) on CPU
 
 __all__ = ["SparseLinear", "condense_mask"]
 
@@ -121,6 +124,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("t_index", None, persistent=False)
         self.capture_dense_grad = False
         self._dense_w: torch.Tensor | None = None
+        self._packed: tuple[tuple, packed.Packed] | None = None
         self.register_load_state_dict_post_hook(SparseLinear._post_load)
         self._refresh()
 
@@ -140,8 +144,7 @@ class SparseLinear(nn.Module):
         if idx.shape[1] > 1 and not bool((idx[:, 1:] > idx[:, :-1]).all()):
             raise ValueError("SparseLinear: indices must be strictly increasing within each row")
         self._all_active = bool(self.active.all())
-        from . import build
-
+        self._packed = None
         build.ensure(idx.device.type)
         self.t_index = torch.ops.sparse_run.cfi_transpose_index(idx, self.in_features)
 
@@ -149,7 +152,8 @@ class SparseLinear(nn.Module):
         # A checkpoint taken after a mask update may have another k: adopt its shape first.
         values = state_dict.get(prefix + "values")
         if values is not None and values.shape != self.values.shape:
-            self.values.data = self.values.data.new_empty(values.shape)
+            self.values = nn.Parameter(self.values.detach().new_empty(values.shape),
+                                       requires_grad=self.values.requires_grad)
             self.indices = self.indices.new_empty(values.shape)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -236,8 +240,9 @@ class SparseLinear(nn.Module):
             raise ValueError(f"SparseLinear expects input (..., {self.in_features}), got "
                              f"{list(x.shape)}")
         values, bias = self._effective_values(), self.bias
-        if torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
             x, values = x.to(dtype), values.to(dtype)
             bias = None if bias is None else bias.to(dtype)
         if self.capture_dense_grad and torch.is_grad_enabled():
@@ -246,8 +251,40 @@ class SparseLinear(nn.Module):
             w.retain_grad()
             self._dense_w = w
             return F.linear(x, w, bias)
-        self._dense_w = None
-        return cfi_linear(x, values, self.indices, bias, self.t_index)
+        if self._dense_w is not None:
+            self._dense_w = None
+        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        if (not torch.compiler.is_compiling() and device == "cpu"
+                and flat.shape[0] <= PACKED_MAX_BATCH and self._packable(flat, values, bias)):
+            y = _cfi_forward_packed(flat, *self._packed_weights(values), bias, self.out_features)
+        else:
+            y = _cfi_forward(flat, values, self.indices, bias, self.t_index)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+    @staticmethod
+    def _packable(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None) -> bool:
+        """Inference (no gradient wanted) in fp32/bf16 with the compiled CPU kernels loaded."""
+        if x.dtype == torch.float64 or (torch.is_grad_enabled() and (
+                x.requires_grad or values.requires_grad
+                or (bias is not None and bias.requires_grad))):
+            return False
+        return build.ensure("cpu") == "extension"
+
+    def _packed_weights(self, values: torch.Tensor) -> packed.Packed:
+        """The packed layout of the current weights, rebuilt when they change."""
+        # In-place updates (optimizer steps) bump versions; replaced tensors reset the cache.
+        key = (self.values._version, self.indices._version, self.active._version, values.dtype)
+        if self._packed is None or self._packed[0] != key:
+            with torch.no_grad():
+                self._packed = (key, packed.pack(values.detach(), self.indices, self.in_features))
+        return self._packed[1]
+
+    def _apply(self, fn, recurse=True):  # .to(device) etc.: load the kernels for the new device
+        out = super()._apply(fn, recurse)
+        self._packed = None
+        if not torch.compiler.is_compiling():
+            build.ensure(self.indices.device.type)
+        return out
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, k={self.k}, "

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from . import rigl, srigl, static  # noqa: F401  (register method=rigl, srigl, static)
 from . import set as _set  # noqa: F401  (registers method=set; aliased: keep the builtin set)
+from . import force, granet, grasp, l0, nm, snip  # noqa: F401  (the PaI / GraNet / N:M / L0 zoo)
 from .base import METHODS, SetupContext, SparsityMethod, planned_nnz, random_mask, register
 from .distributions import layer_density, layer_nnz
 from .filter import mark_dense, select_sparse

@@ -63,6 +63,9 @@ class SparsityMethod:
 
     name: ClassVar[str] = "base"
     sparse: ClassVar[bool] = True     # False for dense training (no masks, s must be 0)
+    # False when the method's sparsity is quantised (N:M): the Iso-FLOP search is skipped and
+    # the requested s is used as is.
+    isoflop_search: ClassVar[bool] = True
 
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         self.cfg = dict(cfg or {})

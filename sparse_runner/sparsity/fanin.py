@@ -69,9 +69,9 @@ def row_top(score: Tensor, n: Tensor | int, kmax: int) -> Tensor:
     out = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
     if kmax == 0:
         return out
-    idx = score.topk(kmax, dim=1).indices
     if isinstance(n, int):
-        return out.scatter_(1, idx, True)
+        return out.scatter_(1, score.topk(kmax, dim=1, sorted=False).indices, True)
+    idx = score.topk(kmax, dim=1).indices  # sorted: each row takes a prefix
     take = torch.arange(kmax, device=score.device)[None, :] < n[:, None]
     return out.scatter_(1, idx, take)
 

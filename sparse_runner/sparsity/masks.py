@@ -46,7 +46,7 @@ class MaskManager:
             self._scale[i] = self.masks[i].to(p.dtype)
             p.mul_(self._scale[i])
             for state in self._state_tensors(p):
-                state.mul_(self.masks[i].to(state.dtype))
+                state.mul_(self._scale[i] if state.dtype == p.dtype else self.masks[i].to(state.dtype))
 
     def _state_tensors(self, p: nn.Parameter) -> list[Tensor]:
         if self.optimizer is None:
@@ -68,10 +68,11 @@ class MaskManager:
             torch._foreach_mul_(self.params, self._scale)
 
     def nnz(self) -> list[int]:
-        return [int(m.sum()) for m in self.masks]
+        # count_nonzero: a bool .sum() upcasts to int64 and is ~10x slower on the CPU
+        return [int(torch.count_nonzero(m)) for m in self.masks]
 
     def density(self) -> dict[str, float]:
-        return {n: float(m.sum()) / m.numel() for n, m in zip(self.names, self.masks)}
+        return {n: k / m.numel() for n, k, m in zip(self.names, self.nnz(), self.masks)}
 
     def state_dict(self) -> dict[str, Tensor]:
         """Masks as bool tensors on the CPU, keyed by parameter name (the checkpoint contract)."""

@@ -6,11 +6,11 @@ transposable block-locally; algorithms.md §12). In a full tile every row and ev
 exactly N weights, so the mask serves W and W^T alike.
 
 Ragged edges (rows or columns not a multiple of M): the remainder tile of r x c real entries
-(r, c <= M) is solved as a padded M x M tile whose padding can never be chosen; every real row
-and column keeps at most N, and the tile keeps ``floor(N*r*c/M)`` weights in total. So a tile
-with one full dimension keeps exactly N in each line of that dimension and the layer density is
-N/M except for the floor in tiles whose size is not a multiple of M/N (summary.json reports the
-measured nnz).
+(r, c <= M) is solved as a padded M x M tile whose padding can never be chosen; it keeps
+``floor(N*r*c/M)`` weights with at most N in every real row and column. When only the columns
+are ragged (r = M), each of the c real columns keeps exactly N and the rows share N*c (<= N
+each); symmetrically for ragged rows; only the corner tile (both ragged) rounds down. The layer
+density is therefore N/M up to that floor, and summary.json reports the measured nnz.
 
 Both solvers work on all tiles of a layer at once (batched tensor ops, CPU or GPU):
 
@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 SOLVERS = ("exact", "greedy")
+CHUNK = 8192
 
 
 @dataclass
@@ -48,6 +49,10 @@ class Tiles:
     target: Tensor    # [T] long: floor(N * r * c / M)
     rows: int
     cols: int
+
+    def slice(self, a: int, b: int) -> "Tiles":
+        return Tiles(self.score[a:b], self.allowed[a:b], self.row_cap[a:b], self.col_cap[a:b],
+                     self.target[a:b], self.rows, self.cols)
 
 
 def tile_counts(rows: int, cols: int, n: int, m: int) -> int:
@@ -97,16 +102,21 @@ def _augment(x: Tensor, tiles: Tiles, active: Tensor, weighted: bool) -> None:
     """
     T, m, _ = x.shape
     inf = float("inf")
-    idx = active.nonzero().squeeze(1)
+    every = bool(active.all())
+    idx = torch.arange(T, device=x.device) if every else active.nonzero().squeeze(1)
     if idx.numel() == 0:
         return
-    xa = x[idx]
-    allowed = tiles.allowed[idx]
-    score = tiles.score[idx] if weighted else torch.ones_like(tiles.score[idx])
-    row_room = xa.sum(2) < tiles.row_cap[idx]
-    col_room = xa.sum(1) < tiles.col_cap[idx]
-    fwd = torch.where(allowed & ~xa, -score if weighted else score, inf)   # row i -> col j
-    bwd = torch.where(xa, score, inf)                                       # col j -> row i
+    xa = x if every else x[idx]
+    allowed = tiles.allowed if every else tiles.allowed[idx]
+    score = tiles.score if every else tiles.score[idx]
+    if not weighted:
+        score = torch.ones_like(score)
+    row_room = xa.sum(2) < (tiles.row_cap if every else tiles.row_cap[idx])
+    col_room = xa.sum(1) < (tiles.col_cap if every else tiles.col_cap[idx])
+    # Edge costs, laid out so both relaxations reduce over the last (contiguous) dimension.
+    fwd_t = torch.where((allowed & ~xa).transpose(1, 2), (-score if weighted else score).transpose(1, 2),
+                        inf).contiguous()                                 # [t, col j, row i]
+    bwd = torch.where(xa, score, inf)                                     # [t, row i, col j]
     dr = torch.where(row_room, 0.0, inf).to(score.dtype)
     pr = torch.full_like(dr, -1, dtype=torch.long)          # predecessor col of a row (-1: source)
     dc = torch.full_like(dr, inf)
@@ -115,7 +125,7 @@ def _augment(x: Tensor, tiles: Tiles, active: Tensor, weighted: bool) -> None:
     # predecessor graph a tree, so the path trace below always ends at the source.
     tol = 1e-9 * score.amax(dim=(1, 2)).clamp_min(1e-30).unsqueeze(1)
     for _ in range(2 * m + 1):
-        best, arg = (dr.unsqueeze(2) + fwd).min(dim=1)
+        best, arg = (dr.unsqueeze(1) + fwd_t).min(dim=2)
         upd_c = best < dc - tol
         dc = torch.where(upd_c, best, dc)
         pc = torch.where(upd_c, arg, pc)
@@ -140,7 +150,8 @@ def _augment(x: Tensor, tiles: Tiles, active: Tensor, weighted: bool) -> None:
         j = torch.where(live, prev, j)
     if bool(live.any()):
         raise RuntimeError("N:M solver: augmenting path did not end at the source")
-    x[idx] = xa
+    if not every:
+        x[idx] = xa
 
 
 def _fill(x: Tensor, tiles: Tiles, weighted: bool) -> None:
@@ -169,20 +180,24 @@ def solve_greedy(tiles: Tiles) -> Tensor:
         return x
     flat = tiles.score.masked_fill(~tiles.allowed, -1.0).view(T, m * m)
     order = flat.argsort(dim=1, descending=True, stable=True)
-    rowsum = torch.zeros(T, m, dtype=torch.long, device=x.device)
-    colsum = torch.zeros_like(rowsum)
-    count = torch.zeros(T, dtype=torch.long, device=x.device)
-    t = torch.arange(T, device=x.device)
-    xf = x.view(T, m * m)
+    # Step-major, flat-indexed copies: each of the M*M sequential steps reads contiguous rows.
+    base = torch.arange(T, device=x.device) * m
+    ok_pos = tiles.allowed.view(T, m * m).gather(1, order).t().contiguous()
+    rows = (order // m).t().contiguous() + base
+    cols = (order % m).t().contiguous() + base
+    room_r = tiles.row_cap.flatten().clone()     # remaining room per row / column / tile
+    room_c = tiles.col_cap.flatten().clone()
+    room = tiles.target.clone()
+    take = torch.empty_like(ok_pos)
     for k in range(m * m):
-        pos = order[:, k]
-        i, j = pos // m, pos % m
-        ok = (tiles.allowed.view(T, m * m)[t, pos] & (rowsum[t, i] < tiles.row_cap[t, i])
-              & (colsum[t, j] < tiles.col_cap[t, j]) & (count < tiles.target))
-        xf[t, pos] = ok
-        rowsum[t, i] += ok
-        colsum[t, j] += ok
-        count += ok
+        i, j = rows[k], cols[k]
+        ok = ok_pos[k] & (room_r[i] > 0) & (room_c[j] > 0) & (room > 0)
+        take[k] = ok
+        okl = ok.long()
+        room_r[i] -= okl
+        room_c[j] -= okl
+        room -= okl
+    x.view(T, m * m).scatter_(1, order, take.t())
     _fill(x, tiles, weighted=False)
     return x
 
@@ -193,7 +208,10 @@ def transposable_mask(weight: Tensor, n: int, m: int, solver: str = "exact") -> 
         raise ValueError(f"unknown N:M solver {solver!r}; valid: {', '.join(SOLVERS)}")
     matrix = weight.detach().reshape(weight.shape[0], -1)
     tiles = make_tiles(matrix, n, m)
-    x = solve_exact(tiles) if solver == "exact" else solve_greedy(tiles)
+    solve = solve_exact if solver == "exact" else solve_greedy
+    # Tiles are independent; blocks of CHUNK keep the working set in cache on CPUs.
+    x = torch.cat([solve(tiles.slice(a, a + CHUNK)) for a in range(0, tiles.score.shape[0], CHUNK)]
+                  or [torch.zeros_like(tiles.allowed)])
     return untile(x, tiles, m).reshape(weight.shape).contiguous()
 
 
@@ -208,7 +226,8 @@ def row_nm_mask(weight: Tensor, n: int, m: int) -> Tensor:
     if full:
         groups = matrix[:, :full].reshape(rows, -1, m)
         top = groups.topk(n, dim=2).indices
-        keep[:, :full] = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, top, True).reshape(rows, full)
+        chosen = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, top, True)
+        keep[:, :full] = chosen.reshape(rows, full)
     rest, k = cols - full, n * (cols - full) // m
     if rest and k:
         top = matrix[:, full:].topk(k, dim=1).indices

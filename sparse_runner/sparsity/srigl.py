@@ -9,7 +9,9 @@ update, per layer (as calgaryml/condensed-sparsity ``rigl_constant_fan.py``):
    weights is ablated (k0 = fan-in before ablation; ``gamma_sal >= 1`` is an absolute count).
    gamma is lowered so that at least ``B // fan_in + 1`` neurons stay active (k never exceeds the
    dense fan-in). The last sparse layer and ``no_ablation`` patterns are never ablated.
-3. ``k = B // n_active`` with B = the layer's budget (k0 * n_out).
+3. ``k = B // n_active`` with B = the layer's budget ``k0 * n_out``. k0 is the floor or ceiling
+   of (distribution's nonzeros / n_out), chosen across layers so the sparse layers together meet
+   s to within one neuron row (fanin.fanin_counts); the reference floors every layer.
 4. Drop: keep the top-``n_keep`` |w| among the active weights of non-ablated neurons, then cap
    each row at k by dropping its *smallest-magnitude* extras (the reference sorts the boolean
    mask there, so which extras go is arbitrary: fixed here).
@@ -17,7 +19,8 @@ update, per layer (as calgaryml/condensed-sparsity ``rigl_constant_fan.py``):
    its kept set (just-dropped positions eligible, as in RigL).
 
 Initialisation: constant fan-in random masks, then (``sparse_init``) weights drawn per neuron
-from N(0, 2 / k) -- the reference passes 2 / k as the std, a bug (see fanin.sparse_init_).
+with variance 2 / k (std sqrt(2 / k)) -- the reference passes 2 / k as the std, a bug (see
+fanin.sparse_init_).
 """
 from __future__ import annotations
 
@@ -97,16 +100,16 @@ class SRigL(RigL):
 def top_flat(score: Tensor, n: int) -> Tensor:
     """Bool mask (score's shape) of the ``n`` highest scores over the whole tensor."""
     out = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-    out[score.flatten().topk(n).indices] = True
+    out[score.flatten().topk(n, sorted=False).indices] = True
     return out.view_as(score)
 
 
-def neurons_to_ablate(a: Tensor, g: Tensor, m: Tensor, n_keep: int, n_prune: int, budget: int,
-                      k0: int, gamma_sal: float) -> Tensor:
-    """Bool per row: neurons with too few salient weights (step 2 of the module docstring)."""
-    rows, cols = a.shape
-    salient = top_flat(a.masked_fill(~m, -math.inf), n_keep) | top_flat(g, n_prune)
-    counts = salient.sum(1)
+def neurons_to_ablate(kept: Tensor, g: Tensor, n_prune: int, budget: int, k0: int,
+                      gamma_sal: float) -> Tensor:
+    """Bool per row: neurons with too few salient weights (step 2 of the module docstring);
+    ``kept`` is the top-``n_keep`` |w| of the active weights."""
+    rows, cols = kept.shape
+    counts = (kept | top_flat(g, n_prune)).sum(1)
     gamma = int(gamma_sal) if gamma_sal >= 1 else max(1, int(gamma_sal * k0))
     rank = min(budget // cols, rows - 1)
     gamma = min(gamma, int(counts.sort(descending=True).values[rank]))
@@ -121,14 +124,15 @@ def srigl_layer(w: Tensor, mask: Tensor, grad: Tensor, n_prune: int, budget: int
     m = mask.reshape(rows, cols)
     a = w.reshape(rows, cols).abs().float()
     g = grad.reshape(rows, cols).abs().float()
-    n_keep = int(m.sum()) - n_prune
+    n_keep = int(torch.count_nonzero(m)) - n_prune
+    keep = top_flat(a.masked_fill(~m, -math.inf), n_keep)
+    ablated = torch.zeros(rows, dtype=torch.bool, device=m.device)
     if ablatable:
-        ablated = neurons_to_ablate(a, g, m, n_keep, n_prune, budget, k0, gamma_sal)
-    else:
-        ablated = torch.zeros(rows, dtype=torch.bool, device=m.device)
+        ablated = neurons_to_ablate(keep, g, n_prune, budget, k0, gamma_sal)
     k = budget // (rows - int(ablated.sum()))
-    live = m & ~ablated[:, None]
-    keep = top_flat(a.masked_fill(~live, -math.inf), min(n_keep, int(live.sum())))
+    if bool(ablated.any()):  # re-pick the kept set among the surviving neurons only
+        live = m & ~ablated[:, None]
+        keep = top_flat(a.masked_fill(~live, -math.inf), min(n_keep, int(torch.count_nonzero(live))))
     keep &= row_top(a.masked_fill(~keep, -math.inf), k, k)
     need = (k - keep.sum(1)) * (~ablated)
     new = keep | row_top(g.masked_fill(keep, -math.inf), need, k)

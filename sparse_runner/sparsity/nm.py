@@ -1,0 +1,162 @@
+"""N:M structured sparsity, transposable by default (Hubara et al. 2021; algorithms.md §12).
+
+``method=nm`` uses M = ``method.m`` (default 8) and N = M·(1-s) (DESIGN.md): s=0.5 is 4:8,
+s=0.75 is 2:8, s=0.875 is 1:8, ``method.m=4 s=0.5`` is 2:4. ``method.preset=N:M`` sets M and
+checks that s matches. An s that gives no integer N is an error.
+
+Training follows the reference's dynamic recipe: the forward uses ``W ⊙ m`` and the gradient
+goes straight through to the dense W (STE); every ``update_every`` optimizer steps the mask is
+recomputed from |W| (the reference hard-codes 40 forward passes) with the fast greedy-plus-repair
+solver; the first mask comes from the exact min-cost-flow solver (:mod:`.nm_solver`, where the
+ragged-edge rule is documented). The reference trains with SR-STE's optimizer, which decays the
+masked-out dense weights: ``sr_ste_decay`` adds ``λ (1-m) ⊙ W`` to their gradient (SR-STE's
+λ_W = 2e-4; 0 turns it off). Gradients are therefore *not* masked: the dense W lives in a
+:class:`~.shadow.Shadow` and the parameter shows ``W ⊙ m`` between steps, so evaluation,
+checkpoints and summary.json all see the N:M weights.
+
+FLOPs: density is N/M on every sparse layer (exact counts, ragged tiles floored), so forward
+FLOPs are exact. The STE needs the dense weight gradient every step: ``f_D - f_S`` extra per
+sample, as RigL's dense-gradient steps. N:M sparsity is quantised, so the Iso-FLOP search is
+skipped (``isoflop_search = False``) and s is used as requested, as Sparse-IFT does for its
+4:8/2:8/1:8-T runs (appendix); the layer distribution must be uniform.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..flops import LayerTable
+from .base import SetupContext, SparsityMethod, register
+from .masks import MaskManager
+from .nm_solver import SOLVERS, nm_nnz, row_nm_mask, transposable_mask
+from .shadow import Shadow
+
+
+def parse_preset(preset: Any) -> tuple[int, int] | None:
+    """``"4:8"`` -> (4, 8); None/empty -> None."""
+    if preset in (None, "", "null"):
+        return None
+    try:
+        n, m = (int(v) for v in str(preset).split(":"))
+    except ValueError:
+        raise UserError(f"method.preset={preset!r} is not N:M; use e.g. method.preset=4:8") from None
+    if not 0 < n < m:
+        raise UserError(f"method.preset={preset}: need 0 < N < M, e.g. 4:8, 2:8, 1:8 or 2:4")
+    return n, m
+
+
+@register("nm")
+class NM(SparsityMethod):
+    """(Transposable) N:M masks recomputed from dense weights, straight-through gradients."""
+
+    isoflop_search = False
+
+    def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
+        super().__init__(cfg)
+        c = self.cfg
+        self.preset = parse_preset(c.get("preset"))
+        self.m = self.preset[1] if self.preset else int(c.get("m", 8))
+        self.transposable = bool(c.get("transposable", True))
+        self.init_solver = str(c.get("init_solver", "exact"))
+        self.update_solver = str(c.get("update_solver", "greedy"))
+        self.update_every = int(c.get("update_every", 40))
+        self.update_end = float(c.get("update_end", 1.0))
+        self.decay = float(c.get("sr_ste_decay", 2e-4))
+        for key, value in (("init_solver", self.init_solver), ("update_solver", self.update_solver)):
+            if value not in SOLVERS:
+                raise UserError(f"method=nm: {key}={value!r}; valid: {', '.join(SOLVERS)}")
+        if self.m < 2:
+            raise UserError(f"method=nm: m={self.m} must be >= 2 (e.g. method.m=8)")
+        if self.update_every < 1:
+            raise UserError(f"method=nm: update_every={self.update_every} must be >= 1")
+        self.n = 0
+        self.shadow: Shadow | None = None
+        self._grad_extra = 0.0
+
+    # ---- N from s ----------------------------------------------------------------------------
+    def n_for(self, s: float) -> int:
+        """N = M·(1-s), which must be an integer in [1, M)."""
+        exact = self.m * (1.0 - s)
+        n = round(exact)
+        if abs(exact - n) > 1e-6 or not 0 < n < self.m:
+            near = ", ".join(f"s={1 - k / self.m:g}" for k in range(1, self.m))
+            raise UserError(f"method=nm: s={s} gives N = {self.m}*(1-s) = {exact:g}, not an integer; "
+                            f"with M={self.m} use {near}")
+        if self.preset and self.preset[0] != n:
+            raise UserError(f"method=nm: preset {self.preset[0]}:{self.m} means s="
+                            f"{1 - self.preset[0] / self.m:g}, but s={s}; set s accordingly")
+        return n
+
+    def planned_density(self, table: LayerTable, sparse: list[str], s: float,
+                        distribution: Mapping[str, Any], extra_dense: int = 0) -> dict[str, float]:
+        n = self.n_for(s)
+        return {name: nm_nnz(table[name].shape, n, self.m, self.transposable) / table[name].numel
+                for name in sparse}
+
+    def _mask(self, weight: Tensor, solver: str) -> Tensor:
+        if self.transposable:
+            return transposable_mask(weight, self.n, self.m, solver)
+        return row_nm_mask(weight, self.n, self.m)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def prepare(self, model: nn.Module, ctx: SetupContext) -> None:
+        self.ctx = ctx
+        self.n_for(ctx.s)
+        if str(ctx.distribution.get("name", "uniform")) != "uniform" or ctx.extra_dense:
+            raise UserError("method=nm makes every sparse layer exactly N:M, so distribution="
+                            f"{ctx.distribution.get('name')} / sparse.respread have no effect; use "
+                            "distribution=uniform sparse.respread=false")
+
+    def setup(self, model: nn.Module, ctx: SetupContext) -> None:
+        self.prepare(model, ctx)
+        self.n = self.n_for(ctx.s)
+        self.masks = MaskManager(model, ctx.sparse)
+        self.shadow = Shadow(self.masks.params)
+        self._install([self._mask(w, self.init_solver) for w in self.shadow.dense])
+        table = ctx.table
+        self._grad_extra = float(sum(table[name].fwd_flops * (1.0 - d)
+                                     for name, d in self.density().items()))
+
+    def _install(self, masks: list[Tensor]) -> int:
+        """Use ``masks`` from now on; the shown weights become W ⊙ m. Returns changed positions.
+
+        Masks are swapped in directly, not through ``MaskManager.set_masks``: the dense weights
+        and their optimizer state must survive (straight-through)."""
+        old = self.masks.masks
+        changed = sum(int((m != o).sum()) for m, o in zip(masks, old)) // 2
+        self.masks.masks = [m.to(p.device) for m, p in zip(masks, self.masks.params)]
+        self.shadow.show([w * m for w, m in zip(self.shadow.dense, self.masks.masks)])
+        return changed
+
+    def before_optimizer_step(self, step: int) -> bool:
+        """Straight-through: the gradient w.r.t. W ⊙ m updates the dense W (plus SR-STE decay)."""
+        with torch.no_grad():
+            if self.decay:
+                for p, w, m in zip(self.masks.params, self.shadow.dense, self.masks.masks):
+                    if p.grad is not None:
+                        p.grad.add_(w * ~m, alpha=self.decay)
+        self.shadow.restore()
+        return True
+
+    def after_optimizer_step(self, step: int) -> dict[str, Any] | None:
+        self.shadow.capture()
+        t = step + 1
+        if t % self.update_every == 0 and t < self.update_end * self.ctx.total_steps:
+            changed = self._install([self._mask(w, self.update_solver) for w in self.shadow.dense])
+            return {"changed": changed, "n": self.n, "m": self.m}
+        self.shadow.show([w * m for w, m in zip(self.shadow.dense, self.masks.masks)])
+        return None
+
+    def extra_flops(self, step: int, batch_size: int) -> float:
+        return self._grad_extra * batch_size
+
+    # ---- checkpoint --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"dense": self.shadow.state_dict(self.masks.names)}
+
+    def load_state_dict(self, state: Mapping[str, Any], masks: Mapping[str, Tensor]) -> None:
+        self.shadow.load_state_dict(self.masks.names, state["dense"])
+        self._install([masks[n].bool() for n in self.masks.names])
