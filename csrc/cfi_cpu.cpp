@@ -56,9 +56,9 @@ template <typename T> struct SddmmProblem {
   const int32_t* idx;
   int64_t k;
   int64_t n_out;
-  const T* dy;  // [nb, ld_dy] natural, or [n_out, ld_x] transposed (untiled)
+  const T* dy;  // [nb, ld_dy] natural, or tiled transposed (batch ld_x)
   int64_t ld_dy;
-  const T* x;   // [nb, ld_x] natural, or [n_src, ld_x] transposed (untiled)
+  const T* x;   // [nb, ld_x] natural, or tiled transposed (batch ld_x)
   int64_t ld_x;
   bool transposed;
   int64_t n_src;
@@ -176,14 +176,14 @@ int64_t padded_batch(int64_t b, int64_t element_size) {
   return (b + chunk - 1) / chunk * chunk;
 }
 
-// x [B, n] -> transposed, batch zero padded to ld and cut in tiles of `tile_bytes` (0: one
-// tile, i.e. a plain [n, ld] matrix); tile t is a contiguous [n, w_t] block (cfi_kernels.h).
+// x [B, n] -> transposed, batch zero padded to ld and cut in tiles of 256 bytes; tile t is a
+// contiguous [n, w_t] block (the layout of cfi_kernels.h).
 // Copied in 32 x 32 blocks so reads and writes both stay within a few cache lines.
-at::Tensor tiled_transpose(const at::Tensor& x_in, int64_t tile_bytes = 256) {
+at::Tensor tiled_transpose(const at::Tensor& x_in) {
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t b = x.size(0), n = x.size(1), lds = x.stride(0);
   const int64_t ld = padded_batch(b, x.element_size());
-  const int64_t tw = tile_bytes > 0 ? tile_bytes / x.element_size() : ld;
+  const int64_t tw = 256 / x.element_size();
   at::Tensor t = at::empty({n * ld}, x.options());
   constexpr int64_t kBlock = 32;
   by_element_size(x.element_size(), [&](auto tag) {
@@ -368,8 +368,8 @@ at::Tensor cfi_backward_weight(const at::Tensor& grad, const at::Tensor& x,
   if (nb == 0) return dv.zero_();
   const at::Tensor i = indices.contiguous();
   const bool tr = nb >= kTransposeMinBatch;
-  const at::Tensor gs = tr ? tiled_transpose(grad, 0) : grad.contiguous();
-  const at::Tensor xs = tr ? tiled_transpose(x, 0) : x.contiguous();
+  const at::Tensor gs = tr ? tiled_transpose(grad) : grad.contiguous();
+  const at::Tensor xs = tr ? tiled_transpose(x) : x.contiguous();
   const int64_t ld = padded_batch(nb, x.element_size());
   bool ok = true;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "cfi_backward_weight", [&] {

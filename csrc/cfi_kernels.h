@@ -1,6 +1,7 @@
 // ISA-neutral CPU kernel bodies for the constant fan-in (condensed) sparse linear layer.
 //
-// This file is deliberately free of includes and include guards: cfi_cpu.cpp includes it
+// This file is deliberately free of includes and include guards (it relies on <cstring>,
+// <type_traits> and <vector> from the includer): cfi_cpu.cpp includes it
 // once per instruction set, each time inside its own namespace and `#pragma GCC target`
 // region, so one source yields AVX-512, AVX2 and baseline x86-64 code and the binary picks
 // one at run time (it must not crash on CPUs without AVX-512). Vectors are GCC vector
@@ -216,48 +217,118 @@ static bool dot_rows(const Rows<T>& rows, const T* x, int64_t ldx, int64_t n_src
   return bad == 0;
 }
 
-// Sampled dense-dense product (the weight gradient at the nonzeros only):
-// dv[o, j] = sum_b dyT[o, b] * xT[idx[o, j], b], both operands transposed *untiled* ([rows, ld]):
-// each dot reads one contiguous row, which beats tiles here (no partial sums to reduce).
-template <typename T>
-static bool sddmm_rows(const int32_t* idx, int64_t k, const T* dyT, const T* xT, int64_t n_src,
-                       int64_t ld, T* dv, int64_t o0, int64_t o1) {
+// Horizontal sums of four vectors at once (a transpose-and-add tree): the weight gradient
+// needs one per nonzero and batch tile, and four single reductions would cost ~3x more.
+#if defined(__clang__) || __GNUC__ >= 12
+static inline void hsum4(const vec_t<float>* a, float* out) {
+  typedef float f8 __attribute__((vector_size(32)));
+  typedef float f4 __attribute__((vector_size(16)));
+  f8 b[4];
+  for (int q = 0; q < 4; ++q)
+    b[q] = __builtin_shufflevector(a[q], a[q], 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(a[q], a[q], 8, 9, 10, 11, 12, 13, 14, 15);
+  const f8 c01 = __builtin_shufflevector(b[0], b[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+                 __builtin_shufflevector(b[0], b[1], 4, 5, 6, 7, 12, 13, 14, 15);
+  const f8 c23 = __builtin_shufflevector(b[2], b[3], 0, 1, 2, 3, 8, 9, 10, 11) +
+                 __builtin_shufflevector(b[2], b[3], 4, 5, 6, 7, 12, 13, 14, 15);
+  const f8 d = __builtin_shufflevector(c01, c23, 0, 2, 4, 6, 8, 10, 12, 14) +
+               __builtin_shufflevector(c01, c23, 1, 3, 5, 7, 9, 11, 13, 15);
+  const f4 e = __builtin_shufflevector(d, d, 0, 2, 4, 6) + __builtin_shufflevector(d, d, 1, 3, 5, 7);
+  std::memcpy(out, &e, sizeof(e));
+}
+static inline void hsum4(const vec_t<double>* a, double* out) {
+  typedef double d4 __attribute__((vector_size(32)));
+  d4 b[4];
+  for (int q = 0; q < 4; ++q)
+    b[q] = __builtin_shufflevector(a[q], a[q], 0, 1, 2, 3) +
+           __builtin_shufflevector(a[q], a[q], 4, 5, 6, 7);
+  const d4 c01 = __builtin_shufflevector(b[0], b[1], 0, 1, 4, 5) +
+                 __builtin_shufflevector(b[0], b[1], 2, 3, 6, 7);
+  const d4 c23 = __builtin_shufflevector(b[2], b[3], 0, 1, 4, 5) +
+                 __builtin_shufflevector(b[2], b[3], 2, 3, 6, 7);
+  const d4 d = __builtin_shufflevector(c01, c23, 0, 2, 4, 6) +
+               __builtin_shufflevector(c01, c23, 1, 3, 5, 7);
+  std::memcpy(out, &d, sizeof(d));
+}
+#else
+template <typename V, typename A> static inline void hsum4(const V* a, A* out) {
+  for (int q = 0; q < 4; ++q) out[q] = hsum<V, A>(a[q]);
+}
+#endif
+
+// Sampled dense-dense product (the weight gradient at the nonzeros only), one batch tile of NC
+// chunks: acc[o - o0, j] (+)= sum_u dy[o, u] * x[idx[o, j], u] over the tile's columns, with
+// dy and x tiles as in axpy_tile. The dy row stays in registers across the row's nonzeros and
+// a tile of x stays in L2; nonzeros go four at a time for hsum4. False on a bad index.
+template <int NC, typename T>
+static bool sddmm_tile(const int32_t* idx, int64_t k, const T* dy, const T* x, int64_t n_src,
+                       bool first, acc_t<T>* acc, int64_t o0, int64_t o1) {
   using A = acc_t<T>;
   using V = vec_t<T>;
   using C = Chunk<T>;
-  constexpr int64_t E = C::elems;
-  const int64_t lines = ld * int64_t(sizeof(T)) / 64 < 16 ? ld * int64_t(sizeof(T)) / 64 : 16;
+  constexpr int NV = NC * C::nvec;
+  constexpr int64_t W = NC * C::elems;
   bool ok = true;
-  for (int64_t o = o0; o < o1; ++o) {
-    const T* d = dyT + o * ld;
-    for (int64_t j = 0; j < k; ++j) {
-      if (j + 1 < k) {  // the next row, up to 1 KiB: the hardware cannot guess it
-        const T* f = xT + int64_t(uint32_t(idx[o * k + j + 1])) * ld;
-        for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(f + l * E);
-      }
-      const uint32_t c = uint32_t(idx[o * k + j]);
-      if (c >= uint64_t(n_src)) { ok = false; dv[o * k + j] = from_acc<T>(A(0)); continue; }
-      const T* s = xT + int64_t(c) * ld;
-      V a[2 * C::nvec] = {};
-      int64_t b = 0;
-      for (; b + 2 * E <= ld; b += 2 * E) {
-        V dd[2 * C::nvec], xx[2 * C::nvec];
-        C::load(d + b, dd);
-        C::load(d + b + E, dd + C::nvec);
-        C::load(s + b, xx);
-        C::load(s + b + E, xx + C::nvec);
-        for (int h = 0; h < 2 * C::nvec; ++h) a[h] += dd[h] * xx[h];
-      }
-      for (; b < ld; b += E) {
-        V dd[C::nvec], xx[C::nvec];
-        C::load(d + b, dd);
-        C::load(s + b, xx);
-        for (int h = 0; h < C::nvec; ++h) a[h] += dd[h] * xx[h];
-      }
-      V t = a[0];
-      for (int h = 1; h < 2 * C::nvec; ++h) t += a[h];
-      dv[o * k + j] = from_acc<T>(hsum<V, A>(t));
+  auto dot = [&](const V* dd, int64_t p) {  // partial dot of one nonzero, as a vector
+    V a = {};
+    const uint32_t c = uint32_t(idx[p]);
+    if (c >= uint64_t(n_src)) { ok = false; return a; }
+    const T* s = x + int64_t(c) * W;
+    for (int cc = 0; cc < NC; ++cc) {
+      V xx[C::nvec];
+      C::load(s + cc * C::elems, xx);
+      for (int h = 0; h < C::nvec; ++h) a += dd[cc * C::nvec + h] * xx[h];
     }
+    return a;
+  };
+  for (int64_t o = o0; o < o1; ++o) {
+    V dd[NV];
+    for (int cc = 0; cc < NC; ++cc) C::load(dy + o * W + cc * C::elems, dd + cc * C::nvec);
+    A* out = acc + (o - o0) * k;
+    const int32_t* row = idx + o * k;
+    int64_t j = 0;
+    for (; j + 4 <= k; j += 4) {
+      for (int64_t f = j + 4; f < j + 8 && f < k; ++f)  // next quad: rows are random
+        for (int cc = 0; cc < NC; ++cc)
+          __builtin_prefetch(x + int64_t(uint32_t(row[f])) * W + cc * C::elems);
+      const V a[4] = {dot(dd, o * k + j), dot(dd, o * k + j + 1), dot(dd, o * k + j + 2),
+                      dot(dd, o * k + j + 3)};
+      A part[4];
+      hsum4(a, part);
+      for (int q = 0; q < 4; ++q) out[j + q] = first ? part[q] : out[j + q] + part[q];
+    }
+    for (; j < k; ++j) {
+      const A part = hsum<V, A>(dot(dd, o * k + j));
+      out[j] = first ? part : out[j] + part;
+    }
+  }
+  return ok;
+}
+
+// dv[o, j] = sum_b dyT[o, b] * xT[idx[o, j], b] for rows [o0, o1): dyT and xT tiled and
+// transposed (batch ld, as for axpy_rows); rows go in blocks whose fp32 partial sums stay
+// in L2 while the batch tiles sweep.
+template <typename T>
+static bool sddmm_rows(const int32_t* idx, int64_t k, const T* dyT, int64_t n_out, const T* xT,
+                       int64_t n_src, int64_t ld, T* dv, int64_t o0, int64_t o1) {
+  using A = acc_t<T>;
+  constexpr int64_t E = Chunk<T>::elems, TW = tile_elems<T>(), kRows = 64;
+  std::vector<A> acc(size_t(kRows * k));
+  bool ok = true;
+  for (int64_t r0 = o0; r0 < o1; r0 += kRows) {
+    const int64_t r1 = r0 + kRows < o1 ? r0 + kRows : o1;
+    for (int64_t b0 = 0; b0 < ld; b0 += TW) {
+      const T* dy = dyT + b0 * n_out;
+      const T* x = xT + b0 * n_src;
+      const bool first = b0 == 0;
+      switch ((ld - b0 < TW ? ld - b0 : TW) / E) {
+        case 1: ok &= sddmm_tile<1>(idx, k, dy, x, n_src, first, acc.data(), r0, r1); break;
+        case 2: ok &= sddmm_tile<2>(idx, k, dy, x, n_src, first, acc.data(), r0, r1); break;
+        case 3: ok &= sddmm_tile<3>(idx, k, dy, x, n_src, first, acc.data(), r0, r1); break;
+        default: ok &= sddmm_tile<4>(idx, k, dy, x, n_src, first, acc.data(), r0, r1); break;
+      }
+    }
+    for (int64_t p = 0; p < (r1 - r0) * k; ++p) dv[r0 * k + p] = from_acc<T>(acc[p]);
   }
   return ok;
 }
@@ -347,7 +418,7 @@ struct Kernels {
 
   template <typename T> static bool sddmm_part(const SddmmProblem<T>& q, int64_t o0, int64_t o1) {
     return q.transposed
-               ? sddmm_rows(q.idx, q.k, q.dy, q.x, q.n_src, q.ld_x, q.dv, o0, o1)
+               ? sddmm_rows(q.idx, q.k, q.dy, q.n_out, q.x, q.n_src, q.ld_x, q.dv, o0, o1)
                : sddmm_rows_natural(q.idx, q.k, q.dy, q.ld_dy, q.x, q.ld_x, q.n_src, q.nb, q.dv,
                                     o0, o1);
   }

@@ -36,6 +36,12 @@ CONFIGS = {
     "nm_4of8": ["method=nm", "s=0.5"],
     "nm_1of8": ["method=nm", "s=0.875"],
     "l0": ["method=l0", "s=0.9"],
+    # the dynamic core (issue 3): uniform and ERK distributions, and the condensed backend
+    "set": ["method=set", "s=0.9"],
+    "rigl": ["method=rigl", "s=0.9"],
+    "rigl_erk": ["method=rigl", "s=0.9", "distribution=erk"],
+    "srigl": ["method=srigl", "s=0.9"],
+    "srigl_condensed": ["method=srigl", "s=0.9", "sparse.backend=condensed"],
 }
 
 
@@ -45,7 +51,9 @@ def one(overrides: list[str], seed: int, root: Path) -> dict:
         cfg = compose(config_name="config", overrides=[*overrides, f"seed={seed}",
                                                        "trainer.progress=false", "run.device=cpu"])
     summary = run(cfg, root / f"{'_'.join(overrides)}_{seed}".replace("=", "-"))
-    return {"seed": seed, "test_acc1": summary["metrics"]["test_acc1"],
+    dens = [r["density"] for r in summary["sparsity"]["layers"] if not r["dense"]]
+    return {"seed": seed, "layer_density_min": min(dens, default=1.0),
+            "layer_density_max": max(dens, default=1.0), "test_acc1": summary["metrics"]["test_acc1"],
             "best_test_acc1": summary["metrics"]["best_test_acc1"],
             "sparsity_sparse_layers": summary["sparsity"]["sparse_layers"],
             "train_flops": summary["flops"]["train_total"], "train_s": summary["time"]["train_s"]}
@@ -75,8 +83,13 @@ def main() -> None:
               "versions": versions(), "results": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"zoo_digits_{started.date().isoformat()}.json"
+    if path.exists():  # a partial rerun (--only) adds to the day's file
+        old = json.loads(path.read_text())
+        result["results"] = {**old["results"], **rows}
+        result["reruns"] = [*old.get("reruns", []), {"date": result["date"], "only": list(rows)}]
+        result["date"] = old["date"]
     path.write_text(json.dumps(result, indent=2) + "\n")
-    dense = rows.get("dense", {}).get("mean_acc1")
+    dense = result["results"].get("dense", {}).get("mean_acc1")
     print("\n| method | s | test acc1 (mean ± std, 3 seeds) | vs dense |\n|---|---|---|---|")
     for name, r in rows.items():
         s = next((o.split("=")[1] for o in r["overrides"] if o.startswith("s=")), "0")

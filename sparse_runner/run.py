@@ -29,6 +29,7 @@ from .loggers import Loggers, MetricsFile, WandbMirror
 from .models import build_model
 from .optim import build_optimizer, lr_schedule
 from .sparsity import SetupContext, SparsityMethod, build_method, select_sparse
+from .sparsity.backend import BACKENDS, apply_backend
 from .train import Interrupted, Trainer, TrainSetup
 
 FINGERPRINT_KEYS = ("model.name", "dataset.name", "method.name", "ift.name", "s", "seed",
@@ -46,6 +47,9 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"trainer.{key}={value} must be a positive integer")
     if not isinstance(cfg.seed, int):
         raise UserError(f"seed={cfg.seed} must be an integer")
+    if cfg.sparse.backend not in BACKENDS:
+        raise UserError(f"sparse.backend={cfg.sparse.backend} is unknown; valid: "
+                        f"{', '.join(BACKENDS)}")
 
 
 AUTO_SPARSE_METHOD = "rigl"  # the Sparse-IFT paper trains every IFT member with RigL
@@ -182,6 +186,7 @@ class Run:
         self.method.setup(model, ctx)
         optimizer = build_optimizer(cfg.optimizer, model)
         self.method.attach_optimizer(optimizer)
+        apply_backend(str(cfg.sparse.backend), model, self.method)
         lr_at = lr_schedule(cfg.schedule, float(cfg.optimizer.lr), steps_per_epoch, total)
         forward = torch.compile(model) if t.compile else model
         setup = TrainSetup(
@@ -243,6 +248,9 @@ class Run:
                             "ift_info": describe_ift(cfg.ift, float(cfg.s), self.model)}
             out["sparsity"] = sm.sparsity_section(float(cfg.s), self.s_eff, rows)
             out["sparsity"]["distribution"] = str(cfg.distribution.name)
+            backend = getattr(self.method, "backend", None)
+            out["sparsity"]["backend"] = {"name": str(cfg.sparse.backend),
+                                          "condensed_layers": backend.names() if backend else []}
             out["flops"] = {
                 "dense_baseline_fwd": self.baseline.dense_fwd(),
                 "model_dense_fwd": self.table.dense_fwd(),

@@ -181,6 +181,7 @@ class Trainer:
         batches = self.data.train.batches(epoch, start_step * micro)
         for _ in range(start_step, s.steps_per_epoch):
             batch_n = 0
+            self.method.before_step(st.step)
             for _m in range(micro):
                 x, y = next(batches)
                 with self._autocast():

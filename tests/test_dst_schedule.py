@@ -10,7 +10,7 @@ import torch
 from sparse_helpers import make, step
 from sparse_runner.errors import UserError
 from sparse_runner.sparsity import build_method
-from sparse_runner.sparsity.dst import DSTOptions, Schedule
+from sparse_runner.sparsity.dst import DSTOptions, Schedule, topk_indices
 
 SHAPES = [(8, 4, 3, 3), (12, 20), (6, 12)]
 
@@ -131,3 +131,18 @@ def test_no_update_warns():
 def test_bad_options(method, opts, match):
     with pytest.raises(UserError, match=match):
         build_method({"name": method, **opts})
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.5, 0.97])
+@pytest.mark.parametrize("k", [0, 1, 3000, 40000])
+def test_topk_indices_is_an_exact_top_k(k, zeros):
+    g = torch.Generator().manual_seed(k)
+    score = torch.rand(200_000, generator=g)
+    score[torch.rand(200_000, generator=g) < zeros] = 0.0   # many ties, as dense grads have
+    score[:5000] = -math.inf                                 # lifted (kept) positions
+    idx = topk_indices(score, k)
+    assert idx.numel() == k and idx.unique().numel() == k
+    if k:
+        kth = score.topk(k).values[-1]
+        assert bool((score[idx] >= kth).all())
+        assert int((score > kth).sum()) <= k and bool((score[idx] > kth).sum() == (score > kth).sum())

@@ -148,7 +148,9 @@ def _layers(w: torch.Tensor, mask: torch.Tensor, b: torch.Tensor,
 
 # ------------------------------------------------------------------ timing
 def _median_ms(fn: Callable[[], object], min_time: float) -> float:
-    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median * 1e3
+    # Timer runs on 1 thread unless told: time every case on the threads torch uses.
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_time).median * 1e3
 
 
 def _train_step(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:

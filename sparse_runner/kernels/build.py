@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import importlib.resources
 import os
 import shutil
@@ -31,6 +32,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -70,14 +72,26 @@ def _ext_name(device_type: str, flags: tuple[str, ...]) -> str:
     return f"sparse_run_{device_type}_{h.hexdigest()[:12]}"
 
 
-def _build_root() -> Path:
-    from torch.utils.cpp_extension import get_default_build_root
+def _cpp_extension() -> Any:
+    """torch.utils.cpp_extension, imported without its "No CUDA runtime is found" log line:
+    expected on CPU-only machines, where the CUDA build reports its own reason to fall back."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
 
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / "sparse_run"
+
+def _build_root() -> Path:
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR")
+                or _cpp_extension().get_default_build_root()) / "sparse_run"
 
 
 def _missing_tool(device_type: str) -> str | None:
-    from torch.utils import cpp_extension
+    cpp_extension = _cpp_extension()
 
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
@@ -92,7 +106,7 @@ def _missing_tool(device_type: str) -> str | None:
 def _cuda_home() -> str | None:
     """A CUDA toolkit root with nvcc and headers; fixes torch's guess when it points at the
     parent of a wrapper script (e.g. /usr/local/bin/nvcc -> CUDA_HOME=/usr/local)."""
-    from torch.utils import cpp_extension
+    cpp_extension = _cpp_extension()
 
     nvcc = shutil.which("nvcc")
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
@@ -117,7 +131,7 @@ def compile_extension(device_type: str, verbose: bool = False) -> Path:
 
     Raises on any failure; :func:`ensure` turns failures into the reference fallback.
     """
-    from torch.utils import cpp_extension
+    cpp_extension = _cpp_extension()
 
     cuda = device_type == "cuda"
     sources = _SOURCES[device_type][0]

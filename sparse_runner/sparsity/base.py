@@ -6,6 +6,7 @@ The loop never branches on the method's name: it calls these hooks in this order
     method.setup(model, ctx)                 # before training: build masks at the searched s
     method.attach_optimizer(optimizer)
     for each optimizer step:
+        method.before_step(step)                 # e.g. tells the execution backend (backend.py)
         for each micro-batch: loss.backward(); method.after_backward(step)
         if method.before_optimizer_step(step): optimizer.step()   # masks grads; may skip
         event = method.after_optimizer_step(step)                 # mask updates on schedule
@@ -66,11 +67,14 @@ class SparsityMethod:
     # False when the method's sparsity is quantised (N:M): the Iso-FLOP search is skipped and
     # the requested s is used as is.
     isoflop_search: ClassVar[bool] = True
+    # Why the condensed execution backend (backend.py) cannot run this method; "" if it can.
+    condensed_unsupported: ClassVar[str] = ""
 
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         self.cfg = dict(cfg or {})
         self.masks: MaskManager | None = None
         self.ctx: SetupContext | None = None
+        self.backend: Any = None          # CondensedBackend when sparse.backend=condensed
 
     # ---- planning (pure) -------------------------------------------------------------------
     def planned_density(self, table: LayerTable, sparse: list[str], s: float,
@@ -100,6 +104,16 @@ class SparsityMethod:
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         if self.masks is not None:
             self.masks.attach(optimizer)
+
+    def before_step(self, step: int) -> None:
+        """Called before the forward passes of optimizer step ``step``."""
+        if self.backend is not None:
+            self.backend.dense = self.dense_grad_wanted(step)
+
+    def dense_grad_wanted(self, step: int) -> bool:
+        """Whether step ``step`` needs the dense weight gradient (a backend must then run the
+        sparse layers dense); the masked backend always computes it."""
+        return False
 
     def after_backward(self, step: int) -> None:
         """Called after every micro-batch backward (dense gradients are in ``p.grad``)."""

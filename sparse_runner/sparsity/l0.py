@@ -50,6 +50,8 @@ from .shadow import Shadow
 class L0(SparsityMethod):
     """Hard-concrete (or Bernoulli-STE) gates, PI-controlled L0 penalty, hard exact masks."""
 
+    condensed_unsupported = "gates the weights in its own forward hook (masks change every step)"
+
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg)
         c = self.cfg

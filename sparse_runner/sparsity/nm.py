@@ -53,6 +53,8 @@ class NM(SparsityMethod):
     """(Transposable) N:M masks recomputed from dense weights, straight-through gradients."""
 
     isoflop_search = False
+    condensed_unsupported = ("recomputes its masks from the dense weights and needs their "
+                             "gradient on every step (straight-through)")
 
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg)

@@ -35,6 +35,7 @@ from ..errors import UserError
 from ..flops import LayerTable
 from .base import SetupContext, register
 from .fanin import fanin_density, fanin_plan, install_constant_fanin, row_top, rows_cols, sparse_init_
+from .dst import topk_indices
 from .rigl import RigL
 
 
@@ -100,7 +101,7 @@ class SRigL(RigL):
 def top_flat(score: Tensor, n: int) -> Tensor:
     """Bool mask (score's shape) of the ``n`` highest scores over the whole tensor."""
     out = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-    out[score.flatten().topk(n, sorted=False).indices] = True
+    out[topk_indices(score.flatten(), n)] = True
     return out.view_as(score)
 
 
