@@ -1,12 +1,13 @@
 // ISA-neutral CPU kernel bodies for the constant fan-in (condensed) sparse linear layer.
 //
-// This file is deliberately free of includes and include guards (it relies on <cstring>,
-// <type_traits> and <vector> from the includer): cfi_cpu.cpp includes it
-// once per instruction set, each time inside its own namespace and `#pragma GCC target`
-// region, so one source yields AVX-512, AVX2 and baseline x86-64 code and the binary picks
-// one at run time (it must not crash on CPUs without AVX-512). Vectors are GCC vector
-// extensions of 64 bytes: a zmm register under AVX-512, two ymm under AVX2, four xmm
-// otherwise. CFI_AVX512 (set by the includer) enables AVX-512 intrinsics for tiny batches.
+// This file is deliberately free of system includes and include guards (it relies on
+// <cstring>, <type_traits> and <vector> from the includer; it includes only cfi_packed.h):
+// cfi_cpu.cpp includes it once per instruction set, each time inside its own namespace and
+// `#pragma GCC target` region, so one source yields AVX-512, AVX2 and baseline x86-64 code
+// and the binary picks one at run time (it must not crash on CPUs without AVX-512).
+// Vectors are GCC vector extensions of 64 bytes: a zmm register under AVX-512, two ymm
+// under AVX2, four xmm otherwise. CFI_AVX512 (set by the includer) enables AVX-512
+// intrinsics for tiny batches.
 //
 // Vocabulary (W = condensed values V[n_out, k] with column indices I[n_out, k]):
 //   Rows  : "row r of a sparse matrix" = entries p in [begin(r), end(r)) with col(p), val(p).
@@ -355,51 +356,7 @@ static bool sddmm_rows_natural(const int32_t* idx, int64_t k, const T* dy, int64
   return ok;
 }
 
-// Small-batch inference layout ("packed", built by sparse_runner/kernels/packed.py): output
-// rows in groups of 16 (the vector lanes), input columns in blocks of 32. Group g and block cb
-// own counts[g, cb] slots; a slot holds, per lane, a column within the block (uint8) and a
-// value, zero padded. One x block (32 fp32 = two vectors) sits in registers and vpermt2ps
-// gathers from it, so the memory gathers of dot_rows disappear (~3x faster at batch 1).
-// y[g*16 + l] = sum over slots of val * xpad[cb*32 + idx] for groups [g0, g1).
-template <typename T>
-static void packed_rows(const T* pvals, const uint8_t* pidx, const int32_t* counts, int64_t nblk,
-                        int64_t g0, int64_t g1, int64_t slot0, const float* xpad, float* y) {
-  const T* vp = pvals + slot0 * 16;
-  const uint8_t* ip = pidx + slot0 * 16;
-  for (int64_t g = g0; g < g1; ++g) {
-    float acc[16] = {};
-    int64_t cb = 0;
-#ifdef CFI_AVX512
-    if constexpr (!std::is_same<T, double>::value) {
-      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-      for (; cb < nblk; ++cb) {
-        const int32_t m = counts[g * nblk + cb];
-        if (m <= 0) continue;
-        const __m512 lo = _mm512_loadu_ps(xpad + cb * 32);
-        const __m512 hi = _mm512_loadu_ps(xpad + cb * 32 + 16);
-        int32_t t = 0;
-        for (; t + 1 < m; t += 2, ip += 32, vp += 32) {  // two chains hide the FMA latency
-          a0 = _mm512_fmadd_ps(load16(vp), _mm512_permutex2var_ps(lo, load_u8x16(ip), hi), a0);
-          a1 = _mm512_fmadd_ps(load16(vp + 16),
-                               _mm512_permutex2var_ps(lo, load_u8x16(ip + 16), hi), a1);
-        }
-        if (t < m) {
-          a0 = _mm512_fmadd_ps(load16(vp), _mm512_permutex2var_ps(lo, load_u8x16(ip), hi), a0);
-          ip += 16;
-          vp += 16;
-        }
-      }
-      _mm512_storeu_ps(acc, _mm512_add_ps(a0, a1));
-    }
-#endif
-    for (; cb < nblk; ++cb) {
-      const float* xb = xpad + cb * 32;
-      for (int32_t t = 0; t < counts[g * nblk + cb]; ++t, ip += 16, vp += 16)
-        for (int l = 0; l < 16; ++l) acc[l] += float(to_acc(vp[l])) * xb[ip[l] & 31];
-    }
-    std::memcpy(y + (g - g0) * 16, acc, sizeof(acc));
-  }
-}
+#include "cfi_packed.h"  // packed_rows: batch <= 4 inference (register permutes)
 
 // Entry points for the glue, as static members so it can pick an instruction set by type;
 // SpmmProblem, SddmmProblem and PackedProblem are defined by the includer.

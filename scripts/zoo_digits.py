@@ -1,6 +1,6 @@
 """Closing-note results of the method zoo: test accuracy on digits vs dense, three seeds each.
 
-Runs sequentially in-process (default trainer budget: ResNet-18, 12 epochs) and writes
+Runs sequentially in-process (ResNet-18, trainer.epochs=12) and writes
 ``benchmarks/results/zoo_digits_<date>.json`` plus a markdown table on stdout::
 
     python scripts/zoo_digits.py [--seeds 0 1 2] [--only snip nm] [--out DIR]
@@ -49,7 +49,8 @@ def one(overrides: list[str], seed: int, root: Path) -> dict:
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="sparse_runner.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, f"seed={seed}",
-                                                       "trainer.progress=false", "run.device=cpu"])
+                                                       "trainer.progress=false", "run.device=cpu",
+                                                       "trainer.epochs=12"])
     summary = run(cfg, root / f"{'_'.join(overrides)}_{seed}".replace("=", "-"))
     dens = [r["density"] for r in summary["sparsity"]["layers"] if not r["dense"]]
     return {"seed": seed, "layer_density_min": min(dens, default=1.0),
@@ -76,7 +77,8 @@ def main() -> None:
                           "std_acc1": statistics.stdev(acc) if len(acc) > 1 else 0.0}
             print(f"{name:<10} {rows[name]['mean_acc1']:.2f} ± {rows[name]['std_acc1']:.2f}", flush=True)
     result = {"benchmark": "zoo_digits", "date": started.isoformat(timespec="seconds"),
-              "model": "resnet18 (base_width 64)", "dataset": "digits", "trainer": "default (12 epochs)",
+              "model": "resnet18 (base_width 64)", "dataset": "digits",
+              "trainer": "default, trainer.epochs=12",
               "device": "cpu", "machine": {"cpu": platform.machine(), "cores": os.cpu_count(),
                                            "torch_threads": torch.get_num_threads(),
                                            "load_avg_1m": os.getloadavg()[0]},

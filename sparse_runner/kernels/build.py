@@ -37,7 +37,8 @@ from typing import Any
 import torch
 
 # device type -> (translation units, headers they include): all of them are hashed
-_SOURCES = {"cpu": (("cfi_cpu.cpp",), ("cfi_kernels.h", "cfi_checks.h")),
+_SOURCES = {"cpu": (("cfi_cpu.cpp",), ("cfi_kernels.h", "cfi_packed.h", "cfi_checks.h",
+                                          "cfi_cpu_util.h")),
             "cuda": (("cfi_cuda.cpp", "cfi_cuda.cu"), ("cfi_cuda.h", "cfi_checks.h"))}
 _CFLAGS = ("-O3", "-fopenmp", "-Wno-psabi")
 _CUDA_CFLAGS = ("-O3", "-std=c++17")
