@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -49,6 +50,23 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def save(path: Path, payload: Mapping[str, Any]) -> None:
     atomic_write_bytes(path, lambda f: torch.save(dict(payload), f))
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Atomically make ``dst`` a file with ``src``'s bytes: a hard link where the file system
+    allows it (checkpoints are replaced, never modified, so the two names stay independent)."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load(path: Path) -> dict[str, Any]:

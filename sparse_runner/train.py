@@ -107,8 +107,9 @@ class Trainer:
                 improved = ev["acc1"] > self.state.best_acc1
                 self.state.best_acc1 = max(self.state.best_acc1, ev["acc1"])
                 self.save(ckpt.LAST)
-                if improved:
-                    self.save(ckpt.BEST)
+                if improved:  # the same bytes as last.pt: link, not a second write
+                    ckpt.link_or_copy(self.setup.checkpoint_dir / ckpt.LAST,
+                                      self.setup.checkpoint_dir / ckpt.BEST)
                 self._print_epoch(epoch, train_metrics, ev)
         return self.state
 

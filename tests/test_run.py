@@ -65,6 +65,18 @@ def test_checkpoint_loads_weights_only(tmp_path):
     assert ck["masks"] == {} and ck["step"] == 1437 // 64 and ck["epoch"] == 1
 
 
+def test_best_checkpoint_is_last_of_its_epoch_and_survives_later_epochs(tmp_path):
+    from sparse_runner.checkpoint import link_or_copy, save
+
+    d = tmp_path / "checkpoints"
+    save(d / "last.pt", {"epoch": 1})
+    link_or_copy(d / "last.pt", d / "best.pt")
+    save(d / "last.pt", {"epoch": 2})       # later, worse epoch: last is replaced, best is not
+    assert torch.load(d / "best.pt", weights_only=True) == {"epoch": 1}
+    assert torch.load(d / "last.pt", weights_only=True) == {"epoch": 2}
+    assert sorted(p.name for p in d.iterdir()) == ["best.pt", "last.pt"]   # no temp files left
+
+
 def test_resume_is_bit_identical(tmp_path):
     base = ("trainer.epochs=2", "seed=3")
     full = run_tiny(tmp_path, *base, name="full")
