@@ -80,7 +80,7 @@ class Trainer:
                  table: LayerTable, setup: TrainSetup, loggers: Loggers,
                  forward: nn.Module | None = None) -> None:
         self.model, self.data, self.method, self.optimizer = model, data, method, optimizer
-        self.forward = forward or model  # possibly torch.compile'd
+        self.forward = model if forward is None else forward  # possibly torch.compile'd (no bool())
         self.lr_at, self.table, self.setup, self.loggers = lr_at, table, setup, loggers
         self.state = TrainState()
         self._fwd_flops = table.sparse_fwd(method.density())
