@@ -31,6 +31,58 @@ int64_t padded_batch(int64_t b, int64_t element_size) {
   return (b + chunk - 1) / chunk * chunk;
 }
 
+#ifdef CFI_MULTI_ISA
+// In-register transpose of a 16 x 16 fp32 block: r[i] holds row i on entry, column i on exit.
+// Three rounds: 2 x 2 element pairs (unpack), 4 x 4 blocks within 128-bit lanes (shuffle),
+// then the 4 x 4 transpose of the lanes themselves (two rounds of shuffle_f32x4).
+__attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int q = 0; q < 4; ++q) {  // u[4q + m], lane L: rows 4q..4q+3 of column 4L + m
+    u[4 * q + 0] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);
+    const __m512 v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xdd);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
+    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xdd);
+    r[m] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    r[8 + m] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
+    r[4 + m] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    r[12 + m] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
+  }
+}
+
+// tiled_transpose for 4-byte elements with 16 x 16 register transposes (~4x the scalar copy):
+// columns [c0, c1) of src, all batch tiles; rows past b are zero, columns past n not stored.
+__attribute__((target("avx512f"))) inline void tiled_transpose16(
+    const float* src, int64_t lds, int64_t b, int64_t n, int64_t ld, int64_t tw, float* dst,
+    int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; c += 16) {
+    const int64_t nc = std::min<int64_t>(16, n - c);
+    const __mmask16 cols = __mmask16((1u << nc) - 1u);
+    for (int64_t b0 = 0; b0 < ld; b0 += tw) {
+      const int64_t w = std::min(tw, ld - b0);
+      float* tile = dst + b0 * n;
+      for (int64_t r = b0; r < b0 + w; r += 16) {
+        __m512 v[16];
+        for (int i = 0; i < 16; ++i)
+          v[i] = r + i < b ? _mm512_maskz_loadu_ps(cols, src + (r + i) * lds + c)
+                           : _mm512_setzero_ps();
+        transpose16(v);
+        for (int j = 0; j < nc; ++j) _mm512_storeu_ps(tile + (c + j) * w + (r - b0), v[j]);
+      }
+    }
+  }
+}
+#endif
+
 // x [B, n] -> transposed, batch zero padded to ld and cut in tiles of 256 bytes; tile t is a
 // contiguous [n, w_t] block (the layout of cfi_kernels.h).
 // Copied in 32 x 32 blocks so reads and writes both stay within a few cache lines.
@@ -41,6 +93,16 @@ at::Tensor tiled_transpose(const at::Tensor& x_in) {
   const int64_t tw = 256 / x.element_size();
   at::Tensor t = at::empty({n * ld}, x.options());
   constexpr int64_t kBlock = 32;
+#ifdef CFI_MULTI_ISA
+  if (x.element_size() == 4 && active_isa().load() == Isa::avx512) {
+    const float* src = static_cast<const float*>(x.data_ptr());
+    float* dst = static_cast<float*>(t.data_ptr());
+    at::parallel_for(0, (n + kBlock - 1) / kBlock, 4, [&](int64_t c0, int64_t c1) {
+      tiled_transpose16(src, lds, b, n, ld, tw, dst, c0 * kBlock, std::min(n, c1 * kBlock));
+    });
+    return t;
+  }
+#endif
   by_element_size(x.element_size(), [&](auto tag) {
     using U = decltype(tag);
     const U* src = static_cast<const U*>(x.data_ptr());
