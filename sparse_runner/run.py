@@ -337,7 +337,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     sm.write(r.run_dir, out)
     if r.trainer is not None:
         r.trainer.loggers.close(_flat(out))
-    print(sm.result_text(out))
+    if r.model is not None:  # a run that never got a model: the one-line error says it all
+        print(sm.result_text(out))
     if raised is not None:
         raise raised
     return out
