@@ -38,14 +38,18 @@ def import_target(target: Any) -> Callable[..., Any]:
 
 
 def data_kwargs(fn: Callable[..., Any], facts: Mapping[str, Any]) -> dict[str, Any]:
-    """The dataset facts whose names ``fn`` accepts (all of them if it takes **kwargs)."""
+    """The dataset facts whose names ``fn`` accepts; a ``**kwargs`` factory gets timm's
+    convention (``num_classes``, ``in_chans``; text: ``vocab_size``, ``block_size``)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return {}
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return dict(facts)
+        return {k: v for k, v in facts.items() if k in VAR_KW_FACTS}
     return {k: v for k, v in facts.items() if k in params}
+
+
+VAR_KW_FACTS = ("num_classes", "in_chans", "vocab_size", "block_size")
 
 
 @takes("image", "text")
