@@ -1,6 +1,6 @@
 """Per-layer FLOPs from one shape trace, and the dense / sparse / training totals built on them.
 
-Convention: 2 FLOPs per multiply-accumulate, exactly what
+Convention (docs/architecture.md, "FLOPs"): 2 FLOPs per multiply-accumulate, exactly what
 ``torch.utils.flop_counter.FlopCounterMode`` counts for the whole model: conv and linear
 (the *weight ops*, one :class:`Layer` each) and every other op it knows (bmm/matmul of
 attention, scaled-dot-product attention, einsum, ...), kept as :class:`Op` rows of the table.
@@ -35,7 +35,6 @@ class Layer:
     name: str
     shape: tuple[int, ...]
     fwd_flops: int
-    kind: str  # "conv" | "linear"
 
     @property
     def numel(self) -> int:
@@ -88,9 +87,9 @@ class LayerTable:
         weights = sum(layer.fwd_flops * density.get(layer.name, 1.0) for layer in self.layers)
         return float(weights + self.other_fwd())
 
-    def params(self, density: Mapping[str, float] | None = None) -> float:
-        density = density or {}
-        return float(sum(layer.numel * density.get(layer.name, 1.0) for layer in self.layers))
+    def params(self) -> int:
+        """Weights of all Conv/Linear layers."""
+        return sum(layer.numel for layer in self.layers)
 
 
 def _flops_per_sample(module: nn.Module, out: torch.Tensor) -> int:
@@ -125,7 +124,6 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], *,
     order: list[str] = []
     flops: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
-    kinds: dict[str, str] = {}
     handles = []
     for mname, module in flop_modules(model):
         pname = f"{mname}.weight" if mname else "weight"
@@ -136,7 +134,6 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], *,
                 flops[pname] = 0
             flops[pname] += _flops_per_sample(mod, out)
             shapes[pname] = tuple(mod.weight.shape)
-            kinds[pname] = "linear" if isinstance(mod, nn.Linear) else "conv"
 
         handles.append(module.register_forward_hook(hook))
     x = torch.empty((1, *input_shape), device="meta", dtype=dtype)
@@ -155,7 +152,7 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], *,
     if counter.get_total_flops() < weights:
         raise TypeError("FlopCounterMode counted fewer FLOPs than the Conv/Linear hooks; a "
                         "layer's forward does not run its own weight op")
-    layers = tuple(Layer(n, shapes[n], _per_unit(flops[n], per), kinds[n]) for n in order)
+    layers = tuple(Layer(n, shapes[n], _per_unit(flops[n], per)) for n in order)
     return LayerTable(layers, _other_ops(by_op, weights, per), unit)
 
 
@@ -203,6 +200,14 @@ def origins(table: LayerTable, baseline: LayerTable) -> dict[str, str | None]:
 def train_flops_per_sample(fwd_flops: float) -> float:
     """Forward + backward FLOPs of one training sample for a given forward cost."""
     return TRAIN_FLOPS_FACTOR * fwd_flops
+
+
+def dense_grad_extra(table: LayerTable, density: Mapping[str, float]) -> float:
+    """Per-sample FLOPs a step costs beyond ``3 f_S`` when the sparse layers' weight gradient is
+    computed densely (RigL's update steps, straight-through N:M, Bernoulli-STE gates): the weight
+    gradient costs ``f_D`` instead of ``f_S`` per layer, so ``sum (f_D - f_S)`` extra
+    (Evci et al. 2020)."""
+    return float(sum(table[n].fwd_flops * (1.0 - d) for n, d in density.items()))
 
 
 def human(n: float) -> str:

@@ -17,7 +17,8 @@ from ..errors import UserError
 from ..flops import LayerTable, trace_layers
 from ..isoflop import S_MAX, IsoFlopResult, isoflop_sparsity
 from ..models import build_model
-from ..sparsity import SparsityMethod, build_method, select_sparse
+from ..methods import build_method
+from ..sparsity import SparsityMethod, select_sparse
 from . import build_ift_model
 from .feasible import isoflop_or_explain
 

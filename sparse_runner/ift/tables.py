@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import UserError
 from ..flops import human
-from ..sparsity import build_method, planned_nnz
+from ..methods import build_method
+from ..sparsity import planned_nnz
 from . import describe_ift
 from .survey import MEMBERS, PAPER_S, Member, Survey, search
 
