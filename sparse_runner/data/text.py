@@ -142,6 +142,15 @@ def block_size_of(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any] | None = 
     return int_option({"block_size": value}, "block_size", None) or 1
 
 
+def dataset_with_model_defaults(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]
+                                ) -> Mapping[str, Any]:
+    """The dataset config with ``block_size: null`` filled from the model's ``block_size``
+    (128 for a model without one: the image-model-on-text error comes when it is built)."""
+    if "block_size" not in cfg or cfg.get("block_size") is not None:
+        return cfg
+    return {**dict(cfg), "block_size": int(model_cfg.get("block_size") or 128)}
+
+
 def build_text_data(cfg: Mapping[str, Any], works: Sequence[str], *, batch_size: int,
                     eval_batch_size: int, seed: int, device: torch.device) -> Data:
     block = block_size_of(cfg)

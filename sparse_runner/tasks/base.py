@@ -55,9 +55,13 @@ class Task:
         """How many units (samples or tokens) a batch holds: FLOPs and throughput count these."""
         return int(target.numel())
 
-    def train_accumulator(self) -> Accumulator:
-        """Running training metrics (loss plus the task's cheap extras)."""
-        return self.eval_accumulator()
+    def train_stats(self, out: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """Cheap per-batch sums the loop accumulates on the device during training."""
+        return {}
+
+    def train_metrics(self, loss_sum: float, stats: dict[str, float], n: int) -> dict[str, float]:
+        """Training metrics of the running sums over ``n`` units."""
+        return {"loss": loss_sum / max(n, 1)}
 
     def eval_accumulator(self) -> Accumulator:
         raise NotImplementedError

@@ -49,5 +49,12 @@ class Classification(Task):
     def loss(self, out: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
         return F.cross_entropy(out.float(), target, label_smoothing=label_smoothing)
 
+    def train_stats(self, out: Tensor, target: Tensor) -> dict[str, Tensor]:
+        return {"correct": topk_correct(out, target, (1,))[0]}
+
+    def train_metrics(self, loss_sum: float, stats: dict[str, float], n: int) -> dict[str, float]:
+        n = max(n, 1)
+        return {"loss": loss_sum / n, "acc1": 100.0 * stats.get("correct", 0) / n}
+
     def eval_accumulator(self) -> Accumulator:
         return ClassAccumulator()

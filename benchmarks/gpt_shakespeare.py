@@ -1,0 +1,79 @@
+"""Dense GPT vs Sparse Wide GPT on held-out Shakespeare at equal training FLOPs (3 seeds).
+
+    python benchmarks/gpt_shakespeare.py --out benchmarks/results/gpt_shakespeare_<date>.json \
+        [--runs default wide dense_short] [--seeds 0 1 2] [--dir /tmp/gpt_runs]
+
+Each run is the CLI itself (``sparse-run ...``), one process after another; the JSON keeps each
+run's command, held-out loss / bpc, training FLOPs, Iso-FLOP error, wall time and tokens/s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUNS = {  # name -> overrides (after model=gpt dataset=shakespeare)
+    "default": [],
+    "dense_1000": ["trainer.max_steps=1000"],
+    "wide_rigl_1000": ["trainer.max_steps=1000", "ift=wide", "s=0.5", "method=rigl"],
+}
+
+
+def one(name: str, seed: int, root: Path) -> dict:
+    out = root / f"{name}_s{seed}"
+    cmd = ["sparse-run", "model=gpt", "dataset=shakespeare", *RUNS[name], f"seed={seed}",
+           "trainer.progress=false", f"out_dir={out}"]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    summary = json.loads((out / "summary.json").read_text())
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {summary.get('error')}")
+    m, fl = summary["metrics"], summary["flops"]
+    return {"run": name, "seed": seed, "command": " ".join(cmd[:-1]), "wall_s": round(wall, 1),
+            "train_s": round(summary["time"]["train_s"], 1),
+            "tok_per_s": round(summary["time"]["tok_per_s"]), "test_loss": m["test_loss"],
+            "test_bpc": m["test_bpc"], "test_ppl": m["test_ppl"], "steps": m["steps"],
+            "train_flops": fl["train_total"], "fwd_flops_per_token": fl["sparse_fwd"],
+            "dense_baseline_fwd_per_token": fl["dense_baseline_fwd"],
+            "isoflop_rel_error": summary.get("isoflop", {}).get("rel_error"),
+            "params_total": summary["model"]["params_total"],
+            "params_nonzero": summary["model"]["params_nonzero"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--dir", default="gpt_runs")
+    args = p.parse_args()
+    rows = []
+    for name in args.runs:
+        for seed in args.seeds:
+            rows.append(one(name, seed, Path(args.dir)))
+            print(json.dumps(rows[-1]), flush=True)
+    groups = {}
+    for name in args.runs:
+        losses = [r["test_loss"] for r in rows if r["run"] == name]
+        groups[name] = {"test_loss_mean": statistics.mean(losses),
+                        "test_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                        "train_flops_mean": statistics.mean(r["train_flops"] for r in rows if r["run"] == name)}
+    result = {"date": time.strftime("%Y-%m-%d"), "host_cpus": os.cpu_count(),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+              "python": sys.version.split()[0], "runs": rows, "groups": groups}
+    path = Path(args.out)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    print(json.dumps(groups, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
