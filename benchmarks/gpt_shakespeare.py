@@ -1,7 +1,8 @@
 """Dense GPT vs Sparse Wide GPT on held-out Shakespeare at equal training FLOPs (3 seeds).
 
     python benchmarks/gpt_shakespeare.py --out benchmarks/results/gpt_shakespeare_<date>.json \
-        [--runs default wide dense_short] [--seeds 0 1 2] [--dir /tmp/gpt_runs]
+        [--runs default dense_500 wide_rigl_500] [--seeds 0 1 2] [--dir /tmp/gpt_runs]
+    # or in parallel: --print-commands | xargs -P 4 -I{} sh -c {}; then the same with --collect
 
 Each run is the CLI itself (``sparse-run ...``), one process after another; the JSON keeps each
 run's command, held-out loss / bpc, training FLOPs, Iso-FLOP error, wall time and tokens/s.
@@ -19,23 +20,28 @@ from pathlib import Path
 
 RUNS = {  # name -> overrides (after model=gpt dataset=shakespeare)
     "default": [],
-    "dense_1000": ["trainer.max_steps=1000"],
-    "wide_rigl_1000": ["trainer.max_steps=1000", "ift=wide", "s=0.5", "method=rigl"],
+    "dense_500": ["trainer.max_steps=500"],
+    "wide_rigl_500": ["trainer.max_steps=500", "ift=wide", "s=0.5", "method=rigl"],
 }
 
 
-def one(name: str, seed: int, root: Path) -> dict:
+def command(name: str, seed: int, root: Path) -> list[str]:
+    return ["sparse-run", "model=gpt", "dataset=shakespeare", *RUNS[name], f"seed={seed}",
+            "trainer.progress=false", f"out_dir={root / f'{name}_s{seed}'}"]
+
+
+def one(name: str, seed: int, root: Path, collect: bool) -> dict:
+    """Run (or, with ``collect``, read the finished run of) one configuration and seed."""
+    cmd = command(name, seed, root)
     out = root / f"{name}_s{seed}"
-    cmd = ["sparse-run", "model=gpt", "dataset=shakespeare", *RUNS[name], f"seed={seed}",
-           "trainer.progress=false", f"out_dir={out}"]
-    t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.time() - t0
+    if not collect:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-300:]}")
     summary = json.loads((out / "summary.json").read_text())
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {summary.get('error')}")
     m, fl = summary["metrics"], summary["flops"]
-    return {"run": name, "seed": seed, "command": " ".join(cmd[:-1]), "wall_s": round(wall, 1),
+    return {"run": name, "seed": seed, "command": " ".join(cmd[:-1]),
+            "wall_s": round(summary["time"]["wall_s"], 1),
             "train_s": round(summary["time"]["train_s"], 1),
             "tok_per_s": round(summary["time"]["tok_per_s"]), "test_loss": m["test_loss"],
             "test_bpc": m["test_bpc"], "test_ppl": m["test_ppl"], "steps": m["steps"],
@@ -52,11 +58,19 @@ def main() -> int:
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--dir", default="gpt_runs")
+    p.add_argument("--collect", action="store_true",
+                   help="read finished runs under --dir (run them in parallel yourself)")
+    p.add_argument("--print-commands", action="store_true")
     args = p.parse_args()
+    if args.print_commands:
+        for name in args.runs:
+            for seed in args.seeds:
+                print(" ".join(command(name, seed, Path(args.dir))))
+        return 0
     rows = []
     for name in args.runs:
         for seed in args.seeds:
-            rows.append(one(name, seed, Path(args.dir)))
+            rows.append(one(name, seed, Path(args.dir), args.collect))
             print(json.dumps(rows[-1]), flush=True)
     groups = {}
     for name in args.runs:
