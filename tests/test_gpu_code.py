@@ -41,7 +41,8 @@ def assert_matches(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, te
     """``got`` (dtype) within rounding of the float64 ``want``: output rounding plus fp32 sums."""
     assert got.dtype == dtype and got.shape == want.shape
     assert torch.isfinite(got).all(), "NaN/inf in the output (poison read or unwritten)"
-    eps = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8}[dtype]
+    eps = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8,
+           torch.float16: 2.0**-11}[dtype]
     scale = want.abs().max().item() if want.numel() else 0.0
     acc_eps = 2.0**-52 if dtype == torch.float64 else 2.0**-23
     bound = eps * want.abs() + 4 * (acc_eps * terms + eps) * max(scale, 1.0)
@@ -178,3 +179,21 @@ def test_cuda_registration_functions_compute_the_operators():
                    d, 17)
     with pytest.raises(TypeError, match="same dtype"):
         gpu._cfi_forward(x.float(), v, idx, b)
+
+
+def test_float16_and_empty_layers():
+    """float16 (autocast fp16 on a GPU) against float64; 0 rows or nonzeros give shapes."""
+    shape = (17, 30, 21, 7)
+    idx, v, x, gy, b = problem(shape, torch.float16, seed=8)
+    d = lambda t: t.double()  # noqa: E731
+    assert_matches(tk.forward(x, v, idx, b, SMALL, check=True),
+                   reference.forward(d(x), d(v), idx, d(b)), torch.float16, 7)
+    assert_matches(tk.backward_weight(gy, x, idx, SMALL, check=True),
+                   reference.backward_weight(d(gy), d(x), idx), torch.float16, 17)
+    i0, v0 = torch.zeros(0, 3, dtype=torch.int32), torch.zeros(0, 3)
+    xe = torch.randn(4, 5)
+    assert tk.forward(xe, v0, i0, None, SMALL, check=True).shape == (4, 0)
+    t0 = reference.transpose_index(i0, 5)
+    dx = tk.backward_input(torch.zeros(4, 0), v0, t0, 5, SMALL, check=True)
+    assert dx.shape == (4, 5) and (dx == 0).all()
+    assert tk.backward_weight(torch.zeros(4, 0), xe, i0, SMALL, check=True).shape == (0, 3)
