@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# One prepared GPU validation + benchmark run (about 7 minutes on one GPU; see README, "GPU").
+#
+#   scripts/gpu_check.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_check_out)
+#
+# Stages, each in its own process under its own time limit, one line per check:
+#   env 20 s | build 90 s | correct 75 s | sanitizer 2 x 45 s | kernels 110 s | train 100 s |
+#   sync 50 s (under 9 minutes in the worst case, about 6 when nothing hits its limit)
+# then a final table and OUT_DIR/results.json (device, versions, date, every check).
+# Needs torch with CUDA and triton. hydra-core, omegaconf, antlr4 and wandb are installed from
+# the wheels in .whl/ when that folder exists (into a private folder, nothing system-wide).
+# Exit status: 0 all checks passed, 1 some failed or timed out, 3 no GPU here.
+set -u
+
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  echo "gpu_check: no NVIDIA GPU on this machine (nvidia-smi lists none); run it on a GPU machine" >&2
+  exit 3
+fi
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT_DIR=${1:-${OUT:-$ROOT/gpu_check_out}}
+mkdir -p "$OUT_DIR"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  SITE=${TMPDIR:-/tmp}/sparse_run_gpu_check_site
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$SITE" .whl/*.whl; then
+    export PYTHONPATH="$ROOT:$SITE"
+    echo "[setup] wheels from .whl/: ok"
+  else
+    echo "[setup] wheels from .whl/: fail (continuing with what is installed)"
+  fi
+fi
+
+record() {  # record NAME STATUS VALUE DETAIL: add a stage-level row to NAME's stage file
+  "$PY" -m sparse_runner.bench.gpu_check record --name "$1" --status "$2" --value "$3" \
+    --detail "$4" --out "$OUT_DIR"
+}
+
+check() {  # check NAME SECONDS CMD...: run one stage under its limit; record how it ended
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout -k 10 "$limit" "$@"
+  local rc=$?
+  case $rc in
+    0 | 1) ;;  # the stage recorded its own checks
+    124 | 137) record "$name" timeout "$limit" "killed at its ${limit} s limit" ;;
+    9) record "$name" fail 9 "compute-sanitizer reported errors (see the log above)" ;;
+    *) record "$name" fail "$rc" "the stage exited with status $rc" ;;
+  esac
+  echo "[$name] done in $((SECONDS - t0)) s (exit $rc)"
+}
+
+stage() {  # stage NAME SECONDS [ARGS...]
+  local name=$1 limit=$2
+  shift 2
+  check "$name" "$limit" "$PY" -m sparse_runner.bench.gpu_check "$name" --out "$OUT_DIR" "$@"
+}
+
+stage env 20
+stage build 90
+stage correct 75
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  for tool in memcheck racecheck; do
+    check "sanitizer_$tool" 45 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 5 \
+      "$PY" -m sparse_runner.bench.gpu_check correct --small --name "sanitizer_$tool" --out "$OUT_DIR"
+  done
+else
+  echo "[sanitizer] compute-sanitizer: skip (not on PATH)"
+  record sanitizer_memcheck skip "" "compute-sanitizer is not on PATH"
+fi
+stage kernels 110
+stage train 100
+stage sync 50
+
+"$PY" -m sparse_runner.bench.gpu_check table --out "$OUT_DIR"
+exit $?
