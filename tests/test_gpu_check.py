@@ -131,3 +131,36 @@ def test_train_stage_arguments_make_a_valid_run(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _gpu_train.images_per_second(tmp_path / "run" / "metrics.jsonl") > 0
+
+
+def test_correctness_stage_code_on_the_cpu_kernels():
+    """The GPU stage's checks, pointed at the CPU: every row passes (the code paths run)."""
+    rows = [*_gpu_checks.kernel_checks((17, 30, 70, 9), "bf16", device="cpu"),
+            *_gpu_checks.kernel_checks((0, 20, 7, 3), "fp64", device="cpu"),
+            _gpu_checks.layer_check(device="cpu")]
+    assert len(rows) == 7 and all(r.status == "ok" for r in rows), [r.line() for r in rows]
+
+
+def test_timed_calls_compute_what_they_name():
+    sets = _gpu_timing.make_sets(5, 0.9, torch.float32, layer=(40, 24), device="cpu",
+                                 l2_bytes=1 << 16)
+    assert len(sets) >= 2
+    x, g, w, m, v, i, t = sets[0]
+    out = {name: fn(*sets[0]) for name, fn in _gpu_timing.cases(n_in=40).items()}
+    torch.testing.assert_close(out["ours fwd"], out["dense fwd"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["masked fwd"], out["dense fwd"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["ours bwd_in"], out["dense bwd_in"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["ours bwd_w"], out["dense bwd_w"].gather(1, i.long()),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_sync_audit_wrapper_runs_the_cli_in_process(tmp_path):
+    """The audit's wrapper (sync debug mode is a GPU feature: here it records nothing)."""
+    args = _gpu_train.overrides("rigl_masked", tmp_path / "run", steps=3, batch=8, log_every=1,
+                                device="cpu")
+    rec = tmp_path / "records.json"
+    r = subprocess.run([sys.executable, "-m", "sparse_runner.bench._gpu_train", str(rec), *args,
+                        "model.base_width=8"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(rec.read_text()) == [] and (tmp_path / "run" / "summary.json").exists()

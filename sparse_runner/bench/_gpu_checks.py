@@ -123,12 +123,14 @@ def compare(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, terms: in
     return ok, err.max().item()
 
 
-def _kernel_checks(shape, dtype_name: str, kernels=("forward", "backward_input",
-                                                    "backward_weight")) -> Iterator[Check]:
+def kernel_checks(shape, dtype_name: str, kernels=("forward", "backward_input",
+                                                   "backward_weight"),
+                  device: str = "cuda") -> Iterator[Check]:
+    """One check per kernel of ``shape`` (batch, n_in, n_out, k) in ``dtype_name``."""
     from ..kernels import reference
 
     dtype = DTYPES[dtype_name]
-    x, v, idx, gy, t = _problem(shape, dtype, "cuda")
+    x, v, idx, gy, t = _problem(shape, dtype, device)
     ops = torch.ops.sparse_run
     d = lambda a: a.double().cpu()  # noqa: E731
     ci = idx.cpu()
@@ -156,14 +158,14 @@ def correct(args: argparse.Namespace) -> Iterator[Check]:
     shapes = SMALL_SHAPES if args.small else SMALL_SHAPES + LARGE_SHAPES
     for dtype_name in (("fp32", "bf16") if args.small else DTYPES):
         for shape in shapes:
-            yield from _kernel_checks(shape, dtype_name)
+            yield from kernel_checks(shape, dtype_name)
     if args.small:
         return
-    yield from _kernel_checks(IM2COL, "fp32", ("forward", "backward_weight"))
-    yield _layer_check()
+    yield from kernel_checks(IM2COL, "fp32", ("forward", "backward_weight"))
+    yield layer_check()
 
 
-def _layer_check() -> Check:
+def layer_check(device: str = "cuda") -> Check:
     """SparseLinear forward + backward on the GPU equals the dense float64 layer's."""
     from ..kernels import SparseLinear
 
@@ -171,8 +173,8 @@ def _layer_check() -> Check:
     x = torch.randn(33, 300, dtype=torch.float64, requires_grad=True)
     dense = torch.nn.functional.linear(x, layer.to_dense(), layer.bias)
     gx_want, gv_want = torch.autograd.grad(dense.square().sum(), (x, layer.values))
-    gpu = layer.cuda()
-    xg = x.detach().cuda().requires_grad_()
+    gpu = layer.to(device)
+    xg = x.detach().to(device).requires_grad_()
     y = gpu(xg)
     gx, gv = torch.autograd.grad(y.square().sum(), (xg, gpu.values))
     oks = [compare(a, b, torch.float64, 300)[0] for a, b in

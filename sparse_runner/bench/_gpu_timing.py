@@ -71,27 +71,28 @@ def ceilings() -> Iterator[Check]:
                 " TFLOP/s", f"{m}^3")
 
 
-def _sets(batch: int, s: float, dtype: torch.dtype) -> list[tuple]:
+def make_sets(batch: int, s: float, dtype: torch.dtype, layer: tuple[int, int] = LAYER,
+              device: str = "cuda", l2_bytes: int | None = None) -> list[tuple]:
     """Rotated (x, grad, W, mask, values, indices, t_index) sets for one configuration."""
-    n_in, n_out = LAYER
+    n_in, n_out = layer
     k = max(1, round((1 - s) * n_in))
-    idx = torch.rand(n_out, n_in, device="cuda").argsort(1)[:, :k].sort(1).values.int()
-    mask = torch.zeros(n_out, n_in, device="cuda", dtype=dtype).scatter_(1, idx.long(), 1)
+    idx = torch.rand(n_out, n_in, device=device).argsort(1)[:, :k].sort(1).values.int()
+    mask = torch.zeros(n_out, n_in, device=device, dtype=dtype).scatter_(1, idx.long(), 1)
     t = torch.ops.sparse_run.cfi_transpose_index(idx, n_in)
     elt = torch.finfo(dtype).bits // 8
     per_set = elt * (batch * (n_in + n_out) + n_out * n_in + n_out * k)
     out = []
-    for _ in range(rotations(per_set, _l2())):
-        w = torch.randn(n_out, n_in, device="cuda", dtype=dtype) * mask
-        out.append((torch.randn(batch, n_in, device="cuda", dtype=dtype),
-                    torch.randn(batch, n_out, device="cuda", dtype=dtype), w, mask,
+    for _ in range(rotations(per_set, _l2() if l2_bytes is None else l2_bytes)):
+        w = torch.randn(n_out, n_in, device=device, dtype=dtype) * mask
+        out.append((torch.randn(batch, n_in, device=device, dtype=dtype),
+                    torch.randn(batch, n_out, device=device, dtype=dtype), w, mask,
                     w.gather(1, idx.long()).contiguous(), idx, t))
     return out
 
 
-def _cases() -> dict[str, Callable[..., object]]:
+def cases(n_in: int = LAYER[0]) -> dict[str, Callable[..., object]]:
+    """The timed calls, each taking one set of :func:`make_sets`."""
     ops = torch.ops.sparse_run
-    n_in = LAYER[0]
     return {
         "dense fwd": lambda x, g, w, m, v, i, t: F.linear(x, w),
         "dense bwd_in": lambda x, g, w, m, v, i, t: g @ w,
@@ -114,12 +115,12 @@ def kernels(args: argparse.Namespace) -> Iterator[Check]:
 
     kbuild.ensure("cuda")
     yield from ceilings()
-    cases = _cases()
+    calls = cases()
     for s in SPARSITIES:
         for dname, dtype in DTYPES.items():
             for batch in BATCHES:
-                sets = _sets(batch, s, dtype)
-                ms = {name: cuda_time(fn, sets) for name, fn in cases.items()}
+                sets = make_sets(batch, s, dtype)
+                ms = {name: cuda_time(fn, sets) for name, fn in calls.items()}
                 label = f"s={s} {dname} b={batch}"
                 for name in ("masked fwd", "ours fwd", "ours bwd_in", "ours bwd_w"):
                     dense = ms["dense " + name.split()[1]]

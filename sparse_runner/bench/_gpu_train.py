@@ -88,7 +88,9 @@ def _audit_main(record_file: str, cli_args: list[str]) -> int:
 
     warnings.showwarning = capture
     warnings.simplefilter("always")
-    torch.cuda.set_sync_debug_mode("warn")
+    cuda = torch.cuda.is_available()  # without a GPU: the plumbing runs, nothing is recorded
+    if cuda:
+        torch.cuda.set_sync_debug_mode("warn")
     sys.argv = ["sparse-run", *cli_args]
     from ..cli import main
 
@@ -98,7 +100,8 @@ def _audit_main(record_file: str, cli_args: list[str]) -> int:
     except SystemExit as exc:
         code = int(exc.code or 0)
     finally:
-        torch.cuda.set_sync_debug_mode(0)
+        if cuda:
+            torch.cuda.set_sync_debug_mode(0)
         Path(record_file).write_text(json.dumps(records))
     return code
 
