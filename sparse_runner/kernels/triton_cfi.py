@@ -4,8 +4,9 @@ Written once in Triton, they are JIT-compiled for whatever GPU runs them (no nvc
 tie to one torch build) and, on a machine without a GPU, run by Triton's interpreter
 (``TRITON_INTERPRET=1``, set here when no CUDA device is visible) so the test suite executes
 this exact code on the CPU. The interpreter does not check bounds: ``CHECK=True`` (tests)
-checks every address against its buffer's size and sets an error code that the launcher
-turns into an IndexError (tl.device_assert would need Triton's debug mode, which the
+checks every address against its buffer's size, sets an error code that the launcher
+turns into an IndexError, and skips the access (the interpreter would touch host memory).
+It is on by default under the interpreter, off on a GPU (it costs a sync per call). (tl.device_assert would need Triton's debug mode, which the
 interpreter never enables).
 
 * ``spmm``: out[b, r] = sum over entries p of row r of val(p) * src[b, col(p)] (+ bias[r]).
@@ -37,7 +38,8 @@ DEFAULT_BLOCKS = Blocks()
 
 
 _ERRORS = {1: "spmm read src out of bounds", 2: "spmm wrote out out of bounds",
-           3: "sddmm read dy out of bounds", 4: "sddmm read x out of bounds"}
+           3: "sddmm read dy out of bounds", 4: "sddmm read x out of bounds",
+           5: "spmm read an index entry out of bounds"}
 
 
 @triton.jit
@@ -73,6 +75,9 @@ def _spmm_kernel(err, ptr, cols, pos, vals, src, bias, out, n_rows, n_src, nb, k
         t = t0 + tl.arange(0, BLOCK_K).to(tl.int64)
         p = beg[:, None] + t[None, :]                               # [R, K] entry positions
         live = t[None, :] < length[:, None]
+        if CHECK:
+            _flag(err, live & ((p < 0) | (p >= nnz)), 5)
+            live = live & (p >= 0) & (p < nnz)
         c = tl.load(cols + p, mask=live, other=-1).to(tl.int64)
         live = live & (c >= 0) & (c < n_src)                        # bad indices are skipped
         if HAS_POS:
@@ -85,6 +90,7 @@ def _spmm_kernel(err, ptr, cols, pos, vals, src, bias, out, n_rows, n_src, nb, k
         m3 = b_ok[:, None, None] & live[None, :, :]
         if CHECK:
             _flag(err, m3 & ((off < 0) | (off >= src_numel)), 1)
+            m3 = m3 & (off >= 0) & (off < src_numel)  # flagged, then not performed
         xg = tl.load(src + off, mask=m3, other=0.0).to(ACC)
         acc += tl.sum(xg * v[None, :, :], axis=2)
     if HAS_BIAS:
@@ -93,6 +99,7 @@ def _spmm_kernel(err, ptr, cols, pos, vals, src, bias, out, n_rows, n_src, nb, k
     m2 = b_ok[:, None] & r_ok[None, :]
     if CHECK:
         _flag(err, m2 & ((o < 0) | (o >= out_numel)), 2)
+        m2 = m2 & (o >= 0) & (o < out_numel)
     tl.store(out + o, acc.to(out.dtype.element_ty), mask=m2)
 
 
@@ -119,6 +126,7 @@ def _sddmm_kernel(err, idx, dy, x, part, nnz, k, n_src, nb, chunk, s_db, s_do, s
         if CHECK:
             _flag(err, m & ((od < 0) | (od >= dy_numel)), 3)
             _flag(err, m & ((ox < 0) | (ox >= x_numel)), 4)
+            m = m & (od >= 0) & (od < dy_numel) & (ox >= 0) & (ox < x_numel)
         d = tl.load(dy + od, mask=m, other=0.0).to(ACC)
         xv = tl.load(x + ox, mask=m, other=0.0).to(ACC)
         acc += tl.sum(d * xv, axis=0)
@@ -152,12 +160,13 @@ def _extent(t: torch.Tensor) -> int:
 def spmm(rows: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor],
          k: int, src: torch.Tensor, n_rows: int, out: torch.Tensor,
          bias: torch.Tensor | None = None, blocks: Blocks = DEFAULT_BLOCKS,
-         check: bool = False, num_warps: int = 4) -> torch.Tensor:
+         check: bool | None = None, num_warps: int = 4) -> torch.Tensor:
     """Launch ``_spmm_kernel`` into ``out`` [nb, n_rows] (any strides) from ``src`` [nb, n_src]
     (any strides: pass ``x.t().contiguous().t()`` for the coalesced batch-contiguous layout).
     ``rows = (ptr | None, cols, pos | None, vals)``."""
     ptr, cols, pos, vals = rows
     nb, n_src = src.shape
+    check = INTERPRETED if check is None else check
     if n_rows == 0 or nb == 0:
         return out
     nnz = vals.numel()
@@ -175,10 +184,11 @@ def spmm(rows: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, tor
 
 def sddmm(idx: torch.Tensor, dy: torch.Tensor, x: torch.Tensor,
           blocks: Blocks = DEFAULT_BLOCKS, target_programs: int | None = None,
-          check: bool = False, num_warps: int = 4) -> torch.Tensor:
+          check: bool | None = None, num_warps: int = 4) -> torch.Tensor:
     """dv [n_out, k] (dtype of x) from dy [nb, n_out] and x [nb, n_in], any strides."""
     n_out, k = idx.shape
     nb, n_src = x.shape
+    check = INTERPRETED if check is None else check
     nnz = n_out * k
     split = sddmm_split(nnz, nb, blocks, target_programs or _target_programs(x.device))
     if split.splits == 0:
@@ -208,7 +218,7 @@ def batch_major(t: torch.Tensor) -> torch.Tensor:
 
 def forward(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
             bias: torch.Tensor | None, blocks: Blocks = DEFAULT_BLOCKS,
-            check: bool = False) -> torch.Tensor:
+            check: bool | None = None) -> torch.Tensor:
     """Y = X W^T + bias through the condensed weight."""
     out = x.new_empty(x.shape[0], values.shape[0])
     rows = (None, indices.contiguous(), None, values.contiguous())
@@ -217,7 +227,7 @@ def forward(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
 
 
 def backward_input(grad: torch.Tensor, values: torch.Tensor, t_index: torch.Tensor,
-                   n_in: int, blocks: Blocks = DEFAULT_BLOCKS, check: bool = False
+                   n_in: int, blocks: Blocks = DEFAULT_BLOCKS, check: bool | None = None
                    ) -> torch.Tensor:
     """dX = dY W through the CSC transpose ``t_index`` (cfi_transpose_index) of the index."""
     nnz = values.numel()
@@ -229,6 +239,6 @@ def backward_input(grad: torch.Tensor, values: torch.Tensor, t_index: torch.Tens
 
 
 def backward_weight(grad: torch.Tensor, x: torch.Tensor, indices: torch.Tensor,
-                    blocks: Blocks = DEFAULT_BLOCKS, check: bool = False) -> torch.Tensor:
+                    blocks: Blocks = DEFAULT_BLOCKS, check: bool | None = None) -> torch.Tensor:
     """dV = (dY^T X) sampled at the nonzeros."""
     return sddmm(indices.contiguous(), batch_major(grad), batch_major(x), blocks, check=check)
