@@ -22,6 +22,7 @@ from .loggers import Loggers, MetricsFile, WandbMirror
 from .methods.auto import resolve_auto
 from .optim import build_optimizer, lr_schedule
 from .plan import RunPlan, build_plan, requested_sparsity
+from .precision import amp_dtype
 from .sparsity.backend import apply_backend
 from .train import Interrupted, Trainer, TrainSetup
 
@@ -47,7 +48,7 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
                         plan.total_steps)
     setup = TrainSetup(
         epochs=t.epochs, steps_per_epoch=plan.steps_per_epoch, grad_accum=t.grad_accum,
-        device=plan.device, amp_dtype=_amp_dtype(str(t.precision), plan.device),
+        device=plan.device, amp_dtype=amp_dtype(str(t.precision), plan.device),
         channels_last=channels_last, label_smoothing=float(t.label_smoothing),
         log_every=t.log_every, stop_after_steps=t.stop_after_steps,
         progress=None if t.progress == "auto" else bool(t.progress),
@@ -90,20 +91,6 @@ def attach_wandb(cfg: DictConfig, trainer: Trainer, run_dir: Path, run_id: str |
 
 def _auto(value: Any, default: bool) -> bool:
     return default if value == "auto" else bool(value)
-
-
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise UserError("trainer.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
-        return torch.float16
-    if precision == "fp32":
-        return None
-    raise UserError(f"trainer.precision={precision!r}; valid: auto, fp32, bf16, fp16")
 
 
 def _execute(plan: RunPlan, run_dir: Path, trainers: list[Trainer]) -> bool:

@@ -75,3 +75,23 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale():
     q = Precision("cpu", torch.float16)
     q.load_state_dict(state)
     assert q.scaler.get_scale() == scale / 2
+
+
+def test_training_step_scales_under_fp16_and_skips_an_overflowing_step():
+    """TrainStep with precision=: scaled backward, GradScaler step, skipped on inf."""
+    from sparse_runner.methods import build_method
+    from sparse_runner.step import TrainStep
+
+    model, opt = _model()
+    p = Precision("cpu", torch.float16)
+    step = TrainStep(model, build_method({"name": "dense"}), opt, torch.nn.functional.mse_loss,
+                     precision=p)
+    x, y = torch.randn(6, 8), torch.randn(6, 4)
+    before = model.weight.detach().clone()
+    r = step(0, iter([(x, y)]))
+    assert bool(r.finite) and not torch.equal(model.weight.detach(), before)
+    scale = p.scaler.get_scale()
+    before = model.weight.detach().clone()
+    r = step(1, iter([(x, torch.full_like(y, float("inf")))]))
+    assert not bool(r.finite) and torch.equal(model.weight.detach(), before)
+    assert p.scaler.get_scale() == scale / 2
