@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -111,3 +112,13 @@ def test_fp16_autocast_on_cpu_computes_in_float32():
     assert y.dtype == torch.float16
     y.float().sum().backward()
     assert x.grad is not None and layer.values.grad.dtype == torch.float32
+
+
+def test_a_killed_builds_lock_does_not_force_rebuilds(tmp_path):
+    lock = tmp_path / "lock"
+    assert not build._build_in_progress(lock)
+    lock.touch()
+    assert build._build_in_progress(lock) and lock.exists()  # a build running now
+    old = time.time() - build.STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    assert not build._build_in_progress(lock) and not lock.exists()

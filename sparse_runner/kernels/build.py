@@ -35,6 +35,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,22 @@ def _first_error(exc: BaseException) -> str:
     return (errors or lines or [type(exc).__name__])[0][:300]
 
 
+STALE_LOCK_S = 600.0  # no build of the CPU kernels takes this long: a killed build's lock
+
+
+def _build_in_progress(lock: Path) -> bool:
+    """Whether another process is building now; a lock left by a killed build (older than
+    STALE_LOCK_S) is removed, else every later process would wait on it and rebuild."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_LOCK_S:
+        return True
+    lock.unlink(missing_ok=True)
+    return False
+
+
 def compile_extension(verbose: bool = False) -> Path:
     """Build (if not cached) and load the CPU kernels; return the library path.
 
@@ -121,7 +138,7 @@ def compile_extension(verbose: bool = False) -> Path:
     name = _ext_name(_CFLAGS)
     build_dir = _build_root() / name
     lib = build_dir / f"{name}.so"
-    if lib.exists() and not (build_dir / "lock").exists():
+    if lib.exists() and not _build_in_progress(build_dir / "lock"):
         torch.ops.load_library(str(lib))
         return lib
     build_dir.mkdir(parents=True, exist_ok=True)
