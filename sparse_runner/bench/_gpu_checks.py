@@ -83,14 +83,17 @@ def build(args: argparse.Namespace) -> Iterator[Check]:
                 round(time.perf_counter() - t0, 1), " s", cpu if cpu != "extension" else "")
     cuda = kbuild.ensure("cuda")
     yield Check("build", "cuda_backend", "ok" if cuda == "triton" else "fail", cuda)
+    ops = torch.ops.sparse_run
     for name, dtype in {**DTYPES, "fp16": torch.float16}.items():
-        x, v, idx, gy, t = _problem((64, 96, 80, 12), dtype, "cuda")
-        ops = torch.ops.sparse_run
-        seconds = _sync_time(lambda: (ops.cfi_forward(x, v, idx, None),
-                                      ops.cfi_backward_input(gy, v, idx, 96, t),
-                                      ops.cfi_backward_weight(gy, x, idx)))
+        seconds = 0.0
+        # both layouts and odd/aligned sizes: Triton specialises on strides and divisibility
+        for shape in ((64, 96, 80, 12), (8, 37, 19, 5), (33, 50, 37, 50)):
+            x, v, idx, gy, t = _problem(shape, dtype, "cuda")
+            seconds += _sync_time(lambda: (ops.cfi_forward(x, v, idx, None),
+                                           ops.cfi_backward_input(gy, v, idx, shape[1], t),
+                                           ops.cfi_backward_weight(gy, x, idx)))
         yield Check("build", f"triton_jit_{name}", "ok", round(seconds, 2), " s",
-                    "first call of the 3 kernels (compile + run)")
+                    "first calls of the 3 kernels, 3 shapes (compile + run)")
 
 
 def _problem(shape, dtype, device, seed: int = 0):
