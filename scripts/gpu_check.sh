@@ -22,6 +22,9 @@ ROOT=$PWD
 OUT_DIR=${1:-${OUT:-$ROOT/gpu_check_out}}
 mkdir -p "$OUT_DIR"
 PY=${PYTHON:-python3}
+for pkg in conf csrc; do  # a plain checkout (not pip-installed): the packages setup.py maps
+  [ -e "sparse_runner/$pkg" ] || ln -s "../$pkg" "sparse_runner/$pkg"
+done
 export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 if compgen -G ".whl/*.whl" >/dev/null; then

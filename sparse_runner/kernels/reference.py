@@ -1,6 +1,6 @@
 """Pure-PyTorch reference of the constant fan-in (condensed) sparse linear products.
 
-It runs wherever the compiled kernels cannot (no compiler, no nvcc, ``SPARSE_RUN_NO_EXT``) and
+It runs wherever the compiled kernels cannot (no compiler, no triton, ``SPARSE_RUN_NO_EXT``) and
 is the oracle the kernels are tested against. It is written the other way round from the
 kernels on purpose: it scatters the condensed weight into a dense matrix and uses dense
 matmuls, so a shared indexing mistake cannot hide in both. Same argument checks and error
