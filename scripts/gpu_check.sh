@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One prepared GPU validation + benchmark run (about 7 minutes on one GPU; see README, "GPU").
+# One prepared GPU validation + benchmark run (under 8 minutes on one GPU; see README, "GPU").
 #
 #   scripts/gpu_check.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_check_out)
 #
 # Stages, each in its own process under its own time limit, one line per check:
-#   env 20 s | build 90 s | correct 75 s | sanitizer 2 x 45 s | kernels 110 s | train 100 s |
-#   sync 50 s (under 9 minutes in the worst case, about 6 when nothing hits its limit)
+#   env 15 s | build 70 s | correct 65 s | sanitizer 2 x 40 s | kernels 95 s | train 90 s |
+#   sync 45 s (7 min 40 s if every stage ran to its limit)
 # then a final table and OUT_DIR/results.json (device, versions, date, every check).
 # Needs torch with CUDA and triton. hydra-core, omegaconf, antlr4 and wandb are installed from
 # the wheels in .whl/ when that folder exists (into a private folder, nothing system-wide).
@@ -64,21 +64,21 @@ stage() {  # stage NAME SECONDS [ARGS...]
   check "$name" "$limit" "$PY" -m sparse_runner.bench.gpu_check "$name" --out "$OUT_DIR" "$@"
 }
 
-stage env 20
-stage build 90
-stage correct 75
+stage env 15
+stage build 70
+stage correct 65
 if command -v compute-sanitizer >/dev/null 2>&1; then
   for tool in memcheck racecheck; do
-    check "sanitizer_$tool" 45 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 5 \
+    check "sanitizer_$tool" 40 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 5 \
       "$PY" -m sparse_runner.bench.gpu_check correct --small --name "sanitizer_$tool" --out "$OUT_DIR"
   done
 else
   echo "[sanitizer] compute-sanitizer: skip (not on PATH)"
   record sanitizer_memcheck skip "" "compute-sanitizer is not on PATH"
 fi
-stage kernels 110
-stage train 100
-stage sync 50
+stage kernels 95
+stage train 90
+stage sync 45
 
 "$PY" -m sparse_runner.bench.gpu_check table --out "$OUT_DIR"
 exit $?

@@ -23,6 +23,8 @@ from typing import Iterable, Iterator
 from .gpu_check import Check
 
 STEPS, BATCH = 50, 256
+RUN_TIMEOUT_S = 28    # three runs fit the train stage's 90 s; two audit runs fit sync's 45 s
+AUDIT_TIMEOUT_S = 20
 RUNS = {"dense": ["method=dense"],
         "rigl_masked": ["method=rigl", "s=0.9"],
         "srigl_condensed": ["method=srigl", "s=0.9", "sparse.backend=condensed"]}
@@ -54,9 +56,9 @@ def train(args: argparse.Namespace) -> Iterator[Check]:
         run_dir = args.out / "runs" / name
         cmd = [sys.executable, "-m", "sparse_runner.cli", *overrides(name, run_dir)]
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=75)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            yield Check("train", name, "timeout", 75.0, " s")
+            yield Check("train", name, "timeout", float(RUN_TIMEOUT_S), " s")
             continue
         metrics = run_dir / "metrics.jsonl"
         ips = images_per_second(metrics) if metrics.exists() else None
@@ -113,8 +115,12 @@ def sync(args: argparse.Namespace) -> Iterator[Check]:
         steps = 30
         cmd = [sys.executable, "-m", "sparse_runner.bench._gpu_train", str(record),
                *overrides(name, run_dir, steps=steps, batch=128, log_every=10)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "PYTHONWARNINGS": "always"})
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=AUDIT_TIMEOUT_S,
+                               env={**os.environ, "PYTHONWARNINGS": "always"})
+        except subprocess.TimeoutExpired:
+            yield Check("sync", name, "timeout", float(AUDIT_TIMEOUT_S), " s")
+            continue
         if r.returncode != 0 or not record.exists():
             tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
             yield Check("sync", name, "fail", detail=f"exit {r.returncode}: {tail[0][:200]}")
