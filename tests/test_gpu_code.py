@@ -197,3 +197,18 @@ def test_float16_and_empty_layers():
     dx = tk.backward_input(torch.zeros(4, 0), v0, t0, 5, SMALL, check=True)
     assert dx.shape == (4, 5) and (dx == 0).all()
     assert tk.backward_weight(torch.zeros(4, 0), xe, i0, SMALL, check=True).shape == (0, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [SHAPES[4], SHAPES[5]], ids=IDS[4:])
+def test_all_kernels_with_the_gpu_tile_sizes(shape, dtype):
+    """The tiles a GPU runs (32 rows x 32 batch, 2 nonzeros a step): partial tiles of 32."""
+    idx, v, x, gy, b = problem(shape, dtype, seed=11)
+    nb, n_in, n_out, k = shape
+    d = lambda t: t.double()  # noqa: E731
+    assert_matches(tk.forward(x, v, idx, b), reference.forward(d(x), d(v), idx, d(b)), dtype, k)
+    t = reference.transpose_index(idx, n_in)
+    assert_matches(tk.backward_input(gy, v, t, n_in),
+                   reference.backward_input(d(gy), d(v), idx, n_in), dtype, n_out)
+    assert_matches(tk.backward_weight(gy, x, idx),
+                   reference.backward_weight(d(gy), d(x), idx), dtype, nb)
