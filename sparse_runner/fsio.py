@@ -170,6 +170,14 @@ def append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``, or None when it is missing or unreadable (no warning)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def split_jsonl(text: str) -> tuple[list[dict[str, Any]], int]:
     """Parse JSON lines; returns the records and the length of the intact prefix of ``text``.
 

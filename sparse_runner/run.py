@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -18,7 +17,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import checkpoint as ckpt
 from . import summary as sm
 from .data import Data, build_data
 from .errors import TrainingFailed, UserError, one_line
@@ -31,6 +29,10 @@ from .optim import build_optimizer, lr_schedule
 from .sparsity import SetupContext, SparsityMethod, build_method, select_sparse
 from .sparsity.backend import BACKENDS, apply_backend
 from .train import Interrupted, Trainer, TrainSetup
+from .fsio import atomic_write_text
+from .resume import resume_trainer
+from .runconfig import dense_conflict, trajectory_config
+from .rundir import owned, write_summary
 
 FINGERPRINT_KEYS = ("model.name", "dataset.name", "method.name", "ift.name", "s", "seed",
                     "distribution.name", "trainer.batch_size", "trainer.epochs")
@@ -117,8 +119,7 @@ class Run:
         self.method = build_method(cfg.method)
         s = float(cfg.s)
         if not self.method.sparse and (s > 0 or cfg.ift.name != "none"):
-            raise UserError(f"method=dense trains every weight, so s={s} ift={cfg.ift.name} has "
-                            "no effect; pick a sparse method (method=static, rigl, ...) or s=0")
+            raise UserError(dense_conflict(s, str(cfg.ift.name)))
         if self.method.sparse and s == 0:
             raise UserError(f"method={cfg.method.name} needs a sparsity s > 0, e.g. s=0.9 "
                             "(s=0 is dense training: method=dense)")
@@ -196,29 +197,15 @@ class Run:
             log_every=t.log_every, stop_after_steps=t.stop_after_steps,
             progress=None if t.progress == "auto" else bool(t.progress),
             checkpoint_dir=self.run_dir / "checkpoints",
-            extra={"fingerprint": fingerprint(cfg), "s_effective": self.s_eff},
+            extra={"fingerprint": fingerprint(cfg), "config": trajectory_config(cfg),
+                   "s_effective": self.s_eff},
         )
         self.trainer = Trainer(model, data, self.method, optimizer, lr_at, self.table, setup,
                                Loggers(MetricsFile(self.run_dir / "metrics.jsonl")), forward)
 
     def resume_if_asked(self) -> None:
-        path = ckpt.resolve_resume(self.cfg.resume, self.run_dir)
-        if path is None:
-            return
-        payload = ckpt.load(path)
-        self.wandb_id = payload.get("wandb_id")
-        theirs, ours = payload.get("fingerprint", {}), fingerprint(self.cfg)
-        diff = [f"{k}={theirs.get(k)}" for k in ours if theirs.get(k) != ours[k]]
-        if diff:
-            raise UserError(f"checkpoint {path} belongs to a different run ({', '.join(diff)}); "
-                            "resume with the same settings or choose a new out_dir")
-        self.trainer.restore(payload)
-        metrics = self.trainer.loggers.metrics
-        source = path.parent.parent / "metrics.jsonl"
-        if source.resolve() != metrics.path.resolve() and source.exists():
-            shutil.copyfile(source, metrics.path)
-        metrics.truncate_after(self.trainer.state.step)
-        print(f"resuming from {path} at step {self.trainer.state.step}")
+        payload = resume_trainer(self.trainer, self.cfg, self.run_dir)
+        self.wandb_id = payload.get("wandb_id") if payload else None
 
     def attach_wandb(self) -> None:
         if self.cfg.logger.name != "wandb":
@@ -274,7 +261,7 @@ class Run:
 
     def dry_run(self) -> dict[str, Any]:
         rows = sm.layer_rows(self.table, self.method.density(), self.sparse, baseline=self.baseline)
-        (self.run_dir / "layers.csv").write_text(sm.layer_table_csv(rows))
+        atomic_write_text(self.run_dir / "layers.csv", sm.layer_table_csv(rows))
         print(sm.layer_table_text(rows))
         if self.iso is not None:
             print(f"Iso-FLOP: s={self.cfg.s} -> effective sparsity {self.iso.sparsity:.6f}; sparse "
@@ -304,15 +291,22 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Execute one configured run in ``run_dir``; returns the summary that was written.
 
-    User errors, NaN losses and interruptions still write a ``failed`` summary and are then
-    re-raised for the CLI to turn into an exit code; bugs keep their traceback.
+    The directory is owned first (:mod:`rundir`): a busy directory or one holding another run
+    is refused before anything is written, and a completed identical run is left untouched
+    (its summary is returned). User errors, NaN losses and interruptions still write a
+    ``failed`` summary and are then re-raised for the CLI to turn into an exit code; bugs keep
+    their traceback.
     """
-    r = Run(resolve_method(cfg), Path(run_dir))
-    try:
-        r.run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the run directory {r.run_dir}: {exc.strerror}; choose "
-                        "another with out_dir=<dir>") from None
+    cfg = resolve_method(cfg)
+    with owned(cfg, Path(run_dir)) as own:
+        if own.done is not None:
+            print(f"{own.path} already holds this run, completed; nothing to do")
+            return own.done
+        return _execute(Run(cfg, own.path))
+
+
+def _execute(r: Run) -> dict[str, Any]:
+    cfg = r.cfg
     status, error, raised = "completed", None, None
     try:
         r.build()
@@ -334,7 +328,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except Exception as exc:  # a bug: still leave a failed summary, keep the traceback
         status, error, raised = "failed", f"{type(exc).__name__}: {one_line(exc)}", exc
     out = r.summary(status, error)
-    sm.write(r.run_dir, out)
+    write_summary(r.run_dir, out, failing=raised is not None)
     if r.trainer is not None:
         r.trainer.loggers.close(_flat(out))
     if r.model is not None:  # a run that never got a model: the one-line error says it all

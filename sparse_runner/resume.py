@@ -1,0 +1,44 @@
+"""Continue a run from a checkpoint: check it belongs to this run, restore, align metrics.jsonl.
+
+Every way a checkpoint can fail to fit (another run's settings, a foreign or partial file, a
+different optimizer or set of sparse layers) is a one-line :class:`UserError`, never a
+``KeyError`` from deep inside ``load_state_dict``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from . import checkpoint as ckpt
+from .errors import UserError, one_line
+from .fsio import atomic_write
+from .runconfig import check_payload, check_resume
+
+
+def resume_trainer(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Restore ``trainer`` from the checkpoint ``cfg.resume`` names; returns its payload.
+
+    Without a checkpoint the run starts fresh, and ``metrics.jsonl`` is emptied: whatever is
+    in it was logged by an attempt that died before its first checkpoint."""
+    metrics = trainer.loggers.metrics
+    path = ckpt.resolve_resume(cfg.resume, Path(run_dir))
+    if path is None:
+        metrics.reset()
+        return None
+    payload = ckpt.load(path)
+    check_payload(payload, path)
+    check_resume(payload, cfg, path)
+    try:
+        trainer.restore(payload)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+        raise UserError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: "
+                        f"{one_line(exc)[:160]}); resume with the settings it was written with "
+                        "or choose a new out_dir") from None
+    source = path.parent.parent / "metrics.jsonl"
+    if source.exists() and source.resolve() != metrics.path.resolve():
+        atomic_write(metrics.path, source.read_bytes())
+    metrics.truncate_after(trainer.state.step)
+    print(f"resuming from {path} at step {trainer.state.step}")
+    return payload
