@@ -51,10 +51,10 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.replace(tmp, dst)
         fsio.fsync_dir(dst.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        fsio.unlink_quietly(tmp)
         raise fsio.io_error(exc, dst, "write the checkpoint") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        fsio.unlink_quietly(tmp)
         raise
 
 

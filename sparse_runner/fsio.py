@@ -129,7 +129,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any] | bytes,
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as exc:
-        _unlink_quietly(Path(tmp))
+        unlink_quietly(Path(tmp))
         oserror = exc if isinstance(exc, OSError) else guard.error
         if oserror is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise io_error(oserror, path, action) from None
@@ -145,7 +145,7 @@ def atomic_write_json(path: Path, obj: Any, action: str = "write") -> None:
     atomic_write_text(path, text, action)
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
     try:
         path.unlink()
     except OSError:
@@ -269,7 +269,7 @@ def probe_dir(path: Path) -> None:
     except OSError as exc:
         raise io_error(exc, target, "write the output directory") from None
     finally:
-        _unlink_quietly(Path(name))
+        unlink_quietly(Path(name))
 
 
 SECTIONS = ("model", "sparsity", "flops", "metrics", "time", "isoflop")
