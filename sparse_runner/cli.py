@@ -10,6 +10,7 @@ Exit codes: 0 ok, 2 user or environment error, 1 a bug (traceback), 130 interrup
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,11 +90,14 @@ class SweepGuard(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         path = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
-        _sweep.update(path=path, old=path.read_bytes() if path.is_file() else None, ran=False)
+        old = (path.read_bytes(), path.stat()) if path.is_file() else None
+        _sweep.update(path=path, old=old, ran=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _sweep.get("old") is not None and not _sweep.get("ran"):
-            atomic_write(_sweep["path"], _sweep["old"])
+            data, st = _sweep["old"]
+            atomic_write(_sweep["path"], data)
+            os.utime(_sweep["path"], ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 _hydra_main = hydra.main(version_base="1.3", config_path=f"pkg://{CONF_PACKAGE}",
