@@ -30,6 +30,7 @@ def resume_trainer(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, An
     payload = ckpt.load(path)
     check_payload(payload, path)
     check_resume(payload, cfg, path)
+    check_optimizer(trainer.optimizer, payload["optimizer"], path)
     try:
         trainer.restore(payload)
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
@@ -42,3 +43,16 @@ def resume_trainer(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, An
     metrics.truncate_after(trainer.state.step)
     print(f"resuming from {path} at step {trainer.state.step}")
     return payload
+
+
+def check_optimizer(optimizer: Any, saved: Any, path: Path) -> None:
+    """The saved optimizer state must be of this optimizer (older checkpoints do not record
+    the config, and loading SGD state into AdamW only fails at the first step)."""
+    ours = optimizer.state_dict()["param_groups"]
+    theirs = saved.get("param_groups") if isinstance(saved, dict) else None
+    if (not isinstance(theirs, list) or len(theirs) != len(ours)
+            or any(not isinstance(t, dict) or set(t) - {"initial_lr"} != set(o) - {"initial_lr"}
+                   or len(t.get("params", ())) != len(o["params"]) for t, o in zip(theirs, ours))):
+        raise UserError(f"checkpoint {path} holds the state of another optimizer or other "
+                        "parameters (a different optimizer= or sparse.dense?); resume with the "
+                        "settings it was written with or choose a new out_dir")

@@ -57,9 +57,14 @@ def differences(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
     """``key: saved -> ours`` for every trajectory setting that differs (sorted by key)."""
     a, b = flatten(saved), flatten(ours)
     missing = object()
+    # another option of a group (optimizer.name differs): that one line stands for the group
+    swapped = {k[: -len(".name")] for k in set(a) | set(b)
+               if k.endswith(".name") and a.get(k, missing) != b.get(k, missing)}
     out = []
     for key in sorted(set(a) | set(b)):
         if key.split(".")[0] in NOT_TRAJECTORY or key in NOT_TRAJECTORY:
+            continue
+        if not key.endswith(".name") and any(key.startswith(p + ".") for p in swapped):
             continue
         va, vb = a.get(key, missing), b.get(key, missing)
         if va != vb:
