@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from . import checkpoint as ckpt
@@ -41,6 +42,8 @@ def resume_trainer(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, An
     if source.exists() and source.resolve() != metrics.path.resolve():
         atomic_write(metrics.path, source.read_bytes())
     metrics.truncate_after(trainer.state.step)
+    if path.resolve() == (Path(run_dir) / "checkpoints" / ckpt.LAST).resolve():
+        repair_best(path, payload)
     print(f"resuming from {path} at step {trainer.state.step}")
     return payload
 
@@ -56,3 +59,20 @@ def check_optimizer(optimizer: Any, saved: Any, path: Path) -> None:
         raise UserError(f"checkpoint {path} holds the state of another optimizer or other "
                         "parameters (a different optimizer= or sparse.dense?); resume with the "
                         "settings it was written with or choose a new out_dir")
+
+
+def repair_best(last: Path, payload: dict[str, Any]) -> None:
+    """Redo the ``best.pt`` link a crash between writing ``last.pt`` and linking it lost: the
+    best checkpoint must record the best accuracy ``last.pt`` knows of."""
+    best = last.with_name(ckpt.BEST)
+    state = payload.get("state") or {}
+    target = state.get("best_acc1", -1.0)
+    last_acc = (state.get("last_eval") or {}).get("acc1")
+    if last_acc is None or last_acc != target:
+        return  # this epoch was not the best one: best.pt (if any) is older and correct
+    try:
+        theirs = torch.load(best, map_location="cpu", weights_only=True)["state"]["best_acc1"]
+    except Exception:
+        theirs = None
+    if theirs is None or theirs < target:
+        ckpt.link_or_copy(last, best)
