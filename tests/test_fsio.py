@@ -144,3 +144,43 @@ def test_load_summary_repairs_null_sections(tmp_path):
     assert len(warnings) == 2
     assert fsio.load_summary(tmp_path / "missing.json", warn=warnings.append) is None
     assert "cannot read" in warnings[-1]
+
+
+def test_disk_full_during_training_keeps_the_last_checkpoint_and_a_failed_summary(tmp_path):
+    """The second epoch's checkpoint does not fit: one-line error, epoch 1's last.pt intact,
+    summary.json says failed with the cause (was: a traceback from inline_container.cc)."""
+    from conftest import run_tiny
+
+    probe = run_tiny(tmp_path, "dataset=synthetic", "dataset.shape=[1,8,8]",
+                     "dataset.num_samples=64", "dataset.num_test_samples=32",
+                     "trainer.batch_size=32", name="probe")
+    size = (tmp_path / "probe" / "checkpoints" / "last.pt").stat().st_size
+    assert probe["status"] == "completed"
+    args = ("dataset=synthetic", "dataset.shape=[1,8,8]", "dataset.num_samples=64",
+            "dataset.num_test_samples=32", "trainer.batch_size=32", "trainer.epochs=2")
+    with tmpfs(tmp_path / "disk", f"{(size * 3 // 2) // 4096 * 4096 + 16384}") as disk:
+        with pytest.raises(UserError) as info:
+            run_tiny(disk, *args)
+        msg = str(info.value)
+        assert "no space left" in msg and "last.pt" in msg and "\n" not in msg
+        last = torch.load(disk / "run" / "checkpoints" / "last.pt", weights_only=True)
+        assert last["epoch"] == 1
+        summary = json.loads((disk / "run" / "summary.json").read_text())
+        assert summary["status"] == "failed" and "no space left" in summary["error"]
+        assert fsio.temp_files([disk / "run", disk / "run" / "checkpoints"]) == []
+
+
+def test_a_failing_summary_write_never_hides_the_original_error(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from conftest import run_tiny
+    from sparse_runner import summary as sm
+
+    def full(run_dir, summary):
+        raise fsio.io_error(OSError(errno.ENOSPC, "full"), run_dir / "summary.json")
+
+    monkeypatch.setattr(sm, "write", full)
+    with pytest.raises(UserError, match="s=1.5 is outside"):
+        run_tiny(tmp_path, "s=1.5", "method=static")
+    err = capsys.readouterr().err
+    assert "warning: no summary.json written" in err and "no space left" in err
