@@ -65,12 +65,12 @@ def _report(exc: BaseException, run_dir: Path | None = None) -> int:
 def task(cfg: DictConfig) -> Any:
     """One Hydra job: own the run dir, run, turn expected failures into an exit code or a tally."""
     from .rundir import owned
-    from .run import resolve_method, run
+    from .run import run
 
     hc = HydraConfig.get()
     multirun = str(hc.mode) == "RunMode.MULTIRUN"
     try:
-        with owned(resolve_method(cfg), Path(hc.runtime.output_dir)) as own:
+        with owned(cfg, Path(hc.runtime.output_dir)) as own:
             if own.done is None:
                 _sweep["ran"] = True
                 write_hydra_files(own.path, cfg)

@@ -29,16 +29,28 @@ _MISSING = object()
 
 
 def group_options(group: str) -> list[str]:
-    """Option names of a config group (the yaml files in ``conf/<group>/``)."""
-    folder = resources.files(CONF_PACKAGE) / group
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    """Option names of a config group: the yaml files in ``conf/<group>/`` and the structured
+    configs registered in Hydra's ConfigStore (every ``method=<name>``)."""
+    from hydra.core.config_store import ConfigStore
+
+    folder = resources.files(CONF_PACKAGE) / group  # importing it registers the schemas
+    names = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")} \
+        if folder.is_dir() else set()
+    try:
+        names |= {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)}
+    except OSError:  # no such group in the store
+        pass
+    return sorted(names)
 
 
 def groups() -> list[str]:
+    """The config groups: folders of ``conf/`` and groups of the ConfigStore (``method``)."""
+    from hydra.core.config_store import ConfigStore
+
     root = resources.files(CONF_PACKAGE)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    names = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    names |= {n for n in ConfigStore.instance().list("") if "." not in n and n != "hydra"}
+    return sorted(names)
 
 
 @dataclass

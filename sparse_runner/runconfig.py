@@ -124,11 +124,3 @@ def check_payload(payload: Any, path: Any) -> None:
         raise UserError(f"cannot resume from {path}: not a complete sparse-run checkpoint "
                         f"(missing {', '.join(missing)}); point resume= at a run directory")
 
-
-def dense_conflict(s: float, ift: str) -> str:
-    """The error for method=dense with a sparsity or an IFT, suggesting only what would help."""
-    asked = [f"s={s}"] if s > 0 else []
-    asked += [f"ift={ift}"] if ift != "none" else []
-    undo = " ".join(["s=0"] * (s > 0) + ["ift=none"] * (ift != "none"))
-    return (f"method=dense trains every weight, so {' '.join(asked)} has no effect; pick a sparse "
-            f"method with s > 0 (e.g. method=rigl s=0.9) or drop it for dense training ({undo})")

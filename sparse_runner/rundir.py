@@ -109,13 +109,25 @@ def fresh_sibling(run_dir: Path) -> Path:
     return Path(f"{run_dir}-{n}")
 
 
+def resolved(cfg: DictConfig) -> DictConfig:
+    """``method=auto`` resolved, as the run and its checkpoints see it (unchanged when the
+    sparsity is invalid: the run reports that itself)."""
+    from .methods.auto import resolve_auto
+    from .plan import requested_sparsity
+
+    try:
+        return resolve_auto(cfg, requested_sparsity(cfg))
+    except UserError:
+        return cfg
+
+
 @contextlib.contextmanager
 def owned(cfg: DictConfig, run_dir: Path) -> Iterator[Ownership]:
     """Own ``run_dir`` for the ``with`` block (see the module docstring); raises UserError."""
     policy = str(cfg.run.get("on_conflict", "refuse"))
     if policy not in ON_CONFLICT:
         raise UserError(f"run.on_conflict={policy}; valid: {', '.join(ON_CONFLICT)}")
-    run_dir = Path(run_dir)
+    run_dir, cfg = Path(run_dir), resolved(cfg)
     probe_dir(run_dir)
     lock = RunLock(run_dir).acquire()
     try:
