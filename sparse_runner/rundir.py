@@ -87,7 +87,8 @@ def _conflict(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict[str, Any
     if diff:
         return f"{run_dir} holds {what} with other settings ({describe(diff)})", None
     if not _resumes_here(cfg, run_dir):
-        return f"{run_dir} holds {what} and resume={cfg.resume} would start over", None
+        return (f"{run_dir} holds {what} and resume={cfg.resume} would start over; continue it "
+                "with resume=auto"), None
     return None, summary if completed else None
 
 
@@ -134,8 +135,9 @@ def owned(cfg: DictConfig, run_dir: Path) -> Iterator[Ownership]:
         reason, done = _conflict(cfg, run_dir)
         if reason is not None:
             if policy != "new":
-                raise UserError(f"{reason}; rerun with its settings, choose another "
-                                "out_dir=<dir>, or add run.on_conflict=new for a fresh directory")
+                fix = "" if "resume=auto" in reason else "; rerun with its settings"
+                raise UserError(f"{reason}{fix}, choose another out_dir=<dir>, or add "
+                                "run.on_conflict=new for a fresh directory")
             lock.release()
             lock = RunLock(run_dir)
             sibling = fresh_sibling(run_dir)

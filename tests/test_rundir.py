@@ -94,3 +94,15 @@ def test_cli_refused_rerun_keeps_hydra_files_and_sweep_summaries(tmp_path):
     single = cli(f"out_dir={sweep / '0'}", *tiny, "seed=0", "optimizer.lr=0.05")
     assert single.returncode == 2 and "optimizer.lr: 0.1 -> 0.05" in single.stderr
     assert snapshot(sweep) == before
+
+
+def test_a_run_resumed_from_elsewhere_is_continued_with_resume_auto(tmp_path):
+    from sparse_runner.train import Interrupted
+
+    with pytest.raises(Interrupted):
+        run_tiny(tmp_path, "trainer.stop_after_steps=5", name="a")
+    with pytest.raises(Interrupted):
+        run_tiny(tmp_path, "trainer.stop_after_steps=10", f"resume={tmp_path / 'a'}", name="b")
+    with pytest.raises(UserError, match="would start over; continue it with resume=auto"):
+        run_tiny(tmp_path, f"resume={tmp_path / 'a'}", name="b")
+    assert run_tiny(tmp_path, name="b")["metrics"]["steps"] == 1437 // 64
