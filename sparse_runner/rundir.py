@@ -133,22 +133,28 @@ def owned(cfg: DictConfig, run_dir: Path) -> Iterator[Ownership]:
     lock = RunLock(run_dir).acquire()
     try:
         reason, done = _conflict(cfg, run_dir)
-        if reason is not None:
-            if policy != "new":
-                fix = "" if "resume=auto" in reason else "; rerun with its settings"
-                raise UserError(f"{reason}{fix}, choose another out_dir=<dir>, or add "
-                                "run.on_conflict=new for a fresh directory")
-            lock.release()
-            lock = RunLock(run_dir)
-            sibling = fresh_sibling(run_dir)
-            print(f"{reason}; writing this run to {sibling} (run.on_conflict=new)")
-            with owned(cfg, sibling) as inner:
-                yield inner
-            return
+        if reason is not None and policy != "new":
+            fix = "" if "resume=auto" in reason else "; rerun with its settings"
+            raise UserError(f"{reason}{fix}, choose another out_dir=<dir>, or add "
+                            "run.on_conflict=new for a fresh directory")
+    except BaseException:
+        lock.release()
+        raise
+    if reason is not None:  # run.on_conflict=new
+        lock.release()
+        sibling = fresh_sibling(run_dir)
+        print(f"{reason}; writing this run to {sibling} (run.on_conflict=new)")
+        with owned(cfg, sibling) as inner:
+            yield inner
+        return
+    try:
         own = Ownership(run_dir, done)
         if done is None:
             own.freed_bytes = clean_temp_files(
                 [run_dir, run_dir / "checkpoints", run_dir / ".hydra"])
+            if own.freed_bytes:
+                print(f"removed {own.freed_bytes} bytes of temporary files that an interrupted "
+                      f"write left in {run_dir}")
             atomic_write_json(run_dir / CONFIG_RECORD, {"config": trajectory_config(cfg),
                                                         "pid": os.getpid()})
         yield own

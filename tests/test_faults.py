@@ -24,7 +24,7 @@ import torch
 from conftest import TINY, compose
 from sparse_runner import fsio
 
-RUN = ("dataset=synthetic", "dataset.shape=[1,8,8]", "dataset.num_samples=192",
+RUN = ("dataset=synthetic", "dataset.shape=[1,8,8]", "dataset.num_samples=128",
        "dataset.num_test_samples=32", "trainer.batch_size=32", "trainer.epochs=2",
        "trainer.log_every=2", "method=rigl", "s=0.8", "method.delta_t=2", "seed=2",
        "model.base_width=4")

@@ -184,3 +184,15 @@ def test_a_failing_summary_write_never_hides_the_original_error(tmp_path, monkey
         run_tiny(tmp_path, "s=1.5", "method=static")
     err = capsys.readouterr().err
     assert "warning: no summary.json written" in err and "no space left" in err
+
+
+def test_cli_read_only_out_dir_is_exit_2_in_one_line(tmp_path):
+    from conftest import cli
+
+    with tmpfs(tmp_path / "ro") as ro:
+        remount_readonly(ro)
+        proc = cli(f"out_dir={ro / 'run'}", "trainer.epochs=1")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip() == (f"sparse-run: error: cannot write the output directory "
+                                       f"{ro / 'run'}: the file system is read-only; choose a "
+                                       "writable out_dir=<dir>")
