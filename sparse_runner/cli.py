@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import TrainingFailed, UserError, one_line
 from .fsio import atomic_write, atomic_write_text, probe_dir
-from .overrides import check_keys, group_options, normalise, parse  # noqa: F401 (re-export)
+from .overrides import check_keys, normalise, parse
 from .train import Interrupted
 
 CONF_PACKAGE = "sparse_runner.conf"
