@@ -109,3 +109,18 @@ def test_dense_with_an_ift_does_not_suggest_s0_when_s_is_0(tmp_path):
     assert not re.search(r"s=0(?![.\d])", msg), "s is already 0"
     with pytest.raises(UserError, match=r"s=0.5 ift=wide has no effect.*\(s=0 ift=none\)"):
         run_tiny(tmp_path, "ift=wide", "method=dense", "s=0.5", name="b")
+
+
+def test_interruptions_exit_130_and_say_whether_a_rerun_continues(tmp_path, capsys):
+    from sparse_runner.cli import _report
+    from sparse_runner.train import Interrupted
+
+    assert _report(Interrupted("stopped at step 5"), tmp_path) == 130
+    assert capsys.readouterr().err.strip() == ("sparse-run: interrupted (stopped at step 5); no "
+                                               "checkpoint was saved yet, so a rerun starts over")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert _report(KeyboardInterrupt(), tmp_path) == 130
+    assert "continue from checkpoints/last.pt" in capsys.readouterr().err
+    assert _report(UserError("bad"), tmp_path) == 2
+    assert capsys.readouterr().err.strip() == "sparse-run: error: bad"
