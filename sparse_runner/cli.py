@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from .train import Interrupted
 CONF_PACKAGE = "sparse_runner.conf"
 INTERRUPTED = 130
 _failures: list[int] = []
-_sweep: dict[str, Any] = {}  # multirun.yaml as it was before this sweep, and whether a job ran
+_sweep: dict[str, Any] = {}  # multirun.yaml as it was before this sweep, and when it started
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -72,7 +73,6 @@ def task(cfg: DictConfig) -> Any:
     try:
         with owned(cfg, Path(hc.runtime.output_dir)) as own:
             if own.done is None:
-                _sweep["ran"] = True
                 write_hydra_files(own.path, cfg)
             summary = run(cfg, own.path)
     except (UserError, TrainingFailed, Interrupted, KeyboardInterrupt) as exc:
@@ -86,18 +86,26 @@ def task(cfg: DictConfig) -> Any:
 
 class SweepGuard(Callback):
     """Keeps a sweep directory's ``multirun.yaml`` when a new sweep there runs no job (all
-    refused or already complete): Hydra rewrites it before any job can be checked."""
+    refused or already complete): Hydra rewrites it before any job can be checked. A job that
+    runs writes its ``.hydra/`` (in whichever process the launcher runs it), which is how the
+    end of the sweep tells."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         path = Path(str(config.hydra.sweep.dir)) / "multirun.yaml"
         old = (path.read_bytes(), path.stat()) if path.is_file() else None
-        _sweep.update(path=path, old=old, ran=False)
+        # file times come from a coarse clock: allow it to lag (no earlier sweep ends this late)
+        _sweep.update(path=path, old=old, start=time.time_ns() - 200_000_000)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if _sweep.get("old") is not None and not _sweep.get("ran"):
+        if _sweep.get("old") is None:
+            return
+        path = _sweep["path"]
+        ran = any(p.stat().st_mtime_ns >= _sweep["start"]
+                  for p in path.parent.glob("*/.hydra/config.yaml"))
+        if not ran:
             data, st = _sweep["old"]
-            atomic_write(_sweep["path"], data)
-            os.utime(_sweep["path"], ns=(st.st_atime_ns, st.st_mtime_ns))
+            atomic_write(path, data)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 _hydra_main = hydra.main(version_base="1.3", config_path=f"pkg://{CONF_PACKAGE}",
