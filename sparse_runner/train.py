@@ -250,10 +250,11 @@ class Trainer:
         return 1.0 - sum(self.table[n].numel * d for n, d in density.items()) / total
 
     def _fail(self, loss: float, epoch: int) -> None:
+        kept = (f"checkpoints/{ckpt.LAST} holds the last good epoch"
+                if (self.setup.checkpoint_dir / ckpt.LAST).is_file() else "no checkpoint was saved")
         raise TrainingFailed(
             f"loss became {loss} at step {self.state.step} (epoch {epoch + 1}); training stopped "
-            f"and checkpoints/{ckpt.LAST} holds the last good epoch; lower optimizer.lr or add "
-            "warm-up (schedule.warmup_epochs)"
+            f"and {kept}; lower optimizer.lr or add warm-up (schedule.warmup_epochs)"
         )
 
     def _print_epoch(self, epoch: int, tr: dict[str, float], ev: dict[str, float]) -> None:
