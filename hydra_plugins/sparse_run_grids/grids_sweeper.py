@@ -37,14 +37,16 @@ def _value(v: Any) -> str:
 
 
 def expand(grids: Sequence[Any], params: Any, smoke: Sequence[str],
-           arguments: Sequence[str], parser: OverridesParser) -> list[list[str]]:
-    """The job list: one override list per job, grid after grid (deduplicated, in order)."""
+           arguments: Sequence[str], parser: OverridesParser,
+           take: Optional[int] = None) -> list[list[str]]:
+    """The job list: one override list per job, grid after grid (deduplicated, in order);
+    ``take`` keeps only the first jobs of each grid (a cut grid for CI)."""
     jobs: list[list[str]] = []
     seen: set[tuple[str, ...]] = set()
     for grid in grids or [{}]:
         conf = [*_as_overrides(grid), *_as_overrides(params), *smoke, *arguments]
         (batch,) = BasicSweeper.split_arguments(parser.parse_overrides(conf), None)
-        for job in batch:
+        for job in batch[:take]:
             key = tuple(job)
             if key not in seen:
                 seen.add(key)
@@ -57,19 +59,19 @@ class GridsSweeper(BasicSweeper):
 
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
                  grids: Optional[List[Dict[str, Any]]] = None,
-                 smoke: Optional[List[str]] = None) -> None:
+                 smoke: Optional[List[str]] = None, take: Optional[int] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.grids = list(grids or [])
+        self.take = take
         self.smoke = [str(s) for s in (smoke or [])]
 
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         smoke = self.smoke if bool(OmegaConf.select(self.config, "smoke", default=False)) else []
-        jobs = expand(self.grids, self.params, smoke, arguments, parser)
+        jobs = expand(self.grids, self.params, smoke, arguments, parser, self.take)
         # BasicSweeper.sweep re-parses "params + arguments"; hand it the finished job list instead
         self.overrides = list(BasicSweeper.split_overrides_to_chunks(jobs, self.max_batch_size))
-        self.params, self._split = {}, self.overrides
         return self._launch_all()
 
     def _launch_all(self) -> Any:
