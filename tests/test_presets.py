@@ -115,3 +115,12 @@ def test_smoke_runs_and_reports(name, tmp_path, capsys):
     assert first.label in text
     assert "not comparable" in text  # ours on digits, the paper on its dataset
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 1
+
+
+def test_where_selects_a_sub_table():
+    sw = sweeper_conf("sift_table2")
+    sub = expand(sw["grids"], sw["params"], [], [], OverridesParser.create(),
+                 where={"method": ["dense", "rigl"], "s": [0, 0.9]})
+    assert sorted(tuple(j) for j in sub) == sorted(
+        [("method=dense", "ift=none", "s=0", f"seed={i}") for i in range(3)]
+        + [("method=rigl", "ift=wide", "s=0.9", f"seed={i}") for i in range(3)])

@@ -8,6 +8,8 @@ other, each crossed with ``hydra.sweeper.params`` (keys shared by all grids, e.g
 With ``smoke=true`` on the command line, ``hydra.sweeper.smoke`` (a list of overrides: digits,
 one epoch, one seed, a narrow model) is applied to every job: the same grid, small enough for
 CI. Precedence, lowest first: grid, params, smoke, the command line.
+``hydra.sweeper.where={method:[dense,rigl],s:[0,0.9]}`` runs a sub-table (a key's value must be
+listed; jobs that do not set the key pass), ``hydra.sweeper.take=N`` the first N jobs per grid.
 
 Its config is conf/hydra/sweeper/grids.yaml. (Hydra executes this module without registering
 it in ``sys.modules``, so it defines no dataclass.)
@@ -36,17 +38,32 @@ def _value(v: Any) -> str:
     return "null" if v is None else str(v)
 
 
+def keep(job: Sequence[str], where: Any) -> bool:
+    """False when the job sets a key of ``where`` to a value outside its list."""
+    if not where:
+        return True
+    allowed = {k: {_value(x) for x in (v if isinstance(v, (list, tuple)) else [v])}
+               for k, v in (OmegaConf.to_container(where) if OmegaConf.is_config(where)
+                            else dict(where)).items()}
+    for item in job:
+        key, _, value = item.partition("=")
+        if key in allowed and value not in allowed[key]:
+            return False
+    return True
+
+
 def expand(grids: Sequence[Any], params: Any, smoke: Sequence[str],
            arguments: Sequence[str], parser: OverridesParser,
-           take: Optional[int] = None) -> list[list[str]]:
-    """The job list: one override list per job, grid after grid (deduplicated, in order);
-    ``take`` keeps only the first jobs of each grid (a cut grid for CI)."""
+           take: Optional[int] = None, where: Any = None) -> list[list[str]]:
+    """The job list: one override list per job, grid after grid (deduplicated, in order).
+    ``where`` ({key: [values]}) keeps the jobs whose values are listed (a sub-table), ``take``
+    then only the first jobs of each grid (a cut grid for CI)."""
     jobs: list[list[str]] = []
     seen: set[tuple[str, ...]] = set()
     for grid in grids or [{}]:
         conf = [*_as_overrides(grid), *_as_overrides(params), *smoke, *arguments]
         (batch,) = BasicSweeper.split_arguments(parser.parse_overrides(conf), None)
-        for job in batch[:take]:
+        for job in [j for j in batch if keep(j, where)][:take]:
             key = tuple(job)
             if key not in seen:
                 seen.add(key)
@@ -59,17 +76,18 @@ class GridsSweeper(BasicSweeper):
 
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
                  grids: Optional[List[Dict[str, Any]]] = None,
-                 smoke: Optional[List[str]] = None, take: Optional[int] = None) -> None:
+                 smoke: Optional[List[str]] = None, take: Optional[int] = None,
+                 where: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.grids = list(grids or [])
-        self.take = take
+        self.take, self.where = take, where
         self.smoke = [str(s) for s in (smoke or [])]
 
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         smoke = self.smoke if bool(OmegaConf.select(self.config, "smoke", default=False)) else []
-        jobs = expand(self.grids, self.params, smoke, arguments, parser, self.take)
+        jobs = expand(self.grids, self.params, smoke, arguments, parser, self.take, self.where)
         # BasicSweeper.sweep re-parses "params + arguments"; hand it the finished job list instead
         self.overrides = list(BasicSweeper.split_overrides_to_chunks(jobs, self.max_batch_size))
         return self._launch_all()
