@@ -102,6 +102,6 @@ def official_count(model: nn.Module, input_shape: Sequence[int],
         # for a conv (numel of the whole kernel: one add less per position, not per channel),
         # (in - 1) per output feature for a linear layer.
         outputs = layer.fwd_flops // (2 * math.prod(layer.shape[1:]))
-        less = outputs // layer.shape[0] if layer.kind == "conv" else outputs
+        less = outputs // layer.shape[0] if len(layer.shape) > 2 else outputs  # conv: per position
         layers.append(dataclasses.replace(layer, fwd_flops=layer.fwd_flops - less))
     return OfficialCount(LayerTable(tuple(layers)), _fixed_ops(model, input_shape))

@@ -20,19 +20,22 @@ import torch
 
 
 def build(overrides: list[str]) -> Any:
-    """A built :class:`~sparse_runner.run.Run` (model, masks) for the given overrides."""
+    """The :class:`~sparse_runner.plan.RunPlan` (model, set-up masks) for the given overrides,
+    built exactly as ``sparse-run`` builds it."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from ..run import Run, resolve_method
+    from ..methods.auto import resolve_auto
+    from ..plan import RunPlan, build_plan, requested_sparsity
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="sparse_runner.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    r = Run(resolve_method(cfg), Path("/nonexistent-bench-dir"))
-    r.build()
-    r.method.setup(r.model, r.context(100))
-    return r
+    plan = RunPlan(cfg=cfg, s=requested_sparsity(cfg))
+    plan.cfg = resolve_auto(cfg, plan.s)
+    build_plan(plan)
+    plan.method.setup(plan.model, plan.context())
+    return plan
 
 
 def time_steps(model: torch.nn.Module, classes: int, batch: int, steps: int) -> float:
