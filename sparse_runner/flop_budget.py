@@ -105,3 +105,22 @@ def official_count(model: nn.Module, input_shape: Sequence[int],
         less = outputs // layer.shape[0] if len(layer.shape) > 2 else outputs  # conv: per position
         layers.append(dataclasses.replace(layer, fwd_flops=layer.fwd_flops - less))
     return OfficialCount(LayerTable(tuple(layers)), _fixed_ops(model, input_shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What the Iso-FLOP search matches under ``sparse.flop_budget``: the trained model's
+    per-layer table and fixed ops, against the dense baseline's total."""
+
+    name: str
+    table: LayerTable
+    fixed: int
+    target: int
+
+
+def official_budget(baseline: nn.Module, model: nn.Module, input_shape: Sequence[int],
+                    table: LayerTable) -> Budget:
+    """The official budget of ``baseline`` and the official count of the transformed ``model``."""
+    base = official_count(baseline, input_shape)
+    mine = official_count(model, input_shape, table)
+    return Budget("official", mine.table, mine.fixed, base.dense())

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from .data import Data, build_data
 from .errors import UserError
+from .flop_budget import BUDGETS, Budget, official_budget
 from .flops import LayerTable, trace_layers
 from .ift import build_ift_model
 from .isoflop import IsoFlopResult, isoflop_sparsity
@@ -40,6 +41,7 @@ class RunPlan:
     sparse: list[str] = field(default_factory=list)
     extra_dense: int = 0                  # dense weights counted in the budget (respread)
     iso: IsoFlopResult | None = None
+    budget: Budget | None = None          # sparse.flop_budget=official: what the search matches
     steps_per_epoch: int = 0
     total_steps: int = 0
 
@@ -72,6 +74,13 @@ def validate(cfg: DictConfig) -> None:
     if cfg.sparse.backend not in BACKENDS:
         raise UserError(f"sparse.backend={cfg.sparse.backend} is unknown; valid: "
                         f"{', '.join(BACKENDS)}")
+    if cfg.sparse.flop_budget not in BUDGETS:
+        raise UserError(f"sparse.flop_budget={cfg.sparse.flop_budget} is unknown; valid: "
+                        f"{', '.join(BUDGETS)}")
+    every = cfg.sparse.spectral_every
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise UserError(f"sparse.spectral_every={every} must be a positive integer (turn the "
+                        "metrics off with sparse.spectral=false)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,10 +140,13 @@ def _build_model(plan: RunPlan) -> None:
                            image_size=spec.image_size, width_mult=width_mult)
 
     with torch.device("meta"):
-        plan.baseline = trace_layers(build(1.0), shape)
+        base = build(1.0)
+        plan.baseline = trace_layers(base, shape)
     seed_everything(int(cfg.seed))
     plan.model = build_ift_model(cfg.ift, plan.s, build, shape)
     plan.table = trace_layers(plan.model, shape)
+    if cfg.sparse.flop_budget == "official":
+        plan.budget = official_budget(base, plan.model, shape, plan.table)
     if plan.method.sparse:
         plan.sparse = select_sparse(plan.model, plan.table, cfg.sparse.dense)
         if not plan.sparse:
@@ -151,8 +163,11 @@ def _search_isoflop(plan: RunPlan) -> None:
     if (not method.sparse or not method.isoflop_search or cfg.ift.name == "none"
             or not cfg.sparse.isoflop):
         return
+    table, fixed, target = plan.table, 0, plan.baseline.dense_fwd()
+    if plan.budget is not None:
+        table, fixed, target = plan.budget.table, plan.budget.fixed, plan.budget.target
     plan.iso = isoflop_sparsity(
-        lambda x: method.mean_fwd_flops(plan.table, plan.sparse, x, cfg.distribution,
-                                        plan.extra_dense),
-        target=float(plan.baseline.dense_fwd()))
+        lambda x: method.mean_fwd_flops(table, plan.sparse, x, cfg.distribution,
+                                        plan.extra_dense) + fixed,
+        target=float(target))
     plan.s_eff = plan.iso.sparsity

@@ -53,6 +53,7 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
         progress=None if t.progress == "auto" else bool(t.progress),
         checkpoint_dir=run_dir / "checkpoints",
         extra={"fingerprint": fingerprint(cfg), "s_effective": plan.s_eff},
+        spectral_every=int(cfg.sparse.spectral_every) if cfg.sparse.spectral else 0,
     )
     forward = torch.compile(model) if t.compile else model
     return Trainer(model, plan.data, plan.method, optimizer, lr_at, plan.table, setup,
@@ -151,7 +152,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except Exception as exc:  # a bug: still leave a failed summary, keep the traceback
         status, error, raised = "failed", f"{type(exc).__name__}: {one_line(exc)}", exc
     trainer = trainers[0] if trainers else None
-    out = sm.build(plan, trainer.state if trainer else None, status, error, t0, run_dir)
+    out = sm.build(plan, trainer.state if trainer else None, status, error, t0, run_dir,
+                   spectral=trainer.spectral_final if trainer else None)
     sm.write(run_dir, out)
     if trainer is not None:
         trainer.loggers.close(_flat(out))

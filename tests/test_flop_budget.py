@@ -32,3 +32,22 @@ def test_rules_by_hand():
     assert count.dense() == conv + bn + fc + ln
     half = {"0.weight": 0.5, "4.weight": 0.5}
     assert count.table.sparse_fwd(half) == 0.5 * ((2 * 54 - 1) * 16 + (2 * 48 - 1) * 5)
+
+
+def test_official_budget_drives_the_isoflop_search(tmp_path):
+    from conftest import compose
+
+    from sparse_runner.run import run
+
+    base = ["ift=wide", "s=0.5", "method=static", "dataset=synthetic", "dataset.num_classes=100",
+            "dataset.num_samples=64", "dataset.num_test_samples=16", "run.dry_run=true",
+            "run.device=cpu"]
+    ours = run(compose(base), tmp_path / "ours")
+    official = run(compose([*base, "sparse.flop_budget=official"]), tmp_path / "official")
+    assert ours["isoflop"]["budget"] == "ours"
+    assert ours["isoflop"]["target_fwd"] == 1_110_937_600
+    assert official["isoflop"]["budget"] == "official"
+    assert official["isoflop"]["target_fwd"] == 1_115_226_800
+    assert abs(official["isoflop"]["rel_error"]) < 1e-5
+    # the wide model's BN cost grows with width and not with density: a sparser model
+    assert official["sparsity"]["effective"] > ours["sparsity"]["effective"]

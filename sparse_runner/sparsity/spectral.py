@@ -153,6 +153,16 @@ def model_metrics(weights: Mapping[str, torch.Tensor],
     return {"layers": layers, "mean": {k: nan_mean(row[k] for row in layers) for k in METRICS}}
 
 
+def section(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, object] | None:
+    """The JSON-safe metrics of a model's masked layers (None when nothing is masked). Masks
+    whose weight is not a parameter of ``model`` under that name are left out."""
+    weights = dict(model.named_parameters())
+    masks = {n: m for n, m in masks.items() if n in weights}
+    if not masks:
+        return None
+    return json_safe(model_metrics(weights, masks))
+
+
 def json_safe(section: Mapping[str, object]) -> dict[str, object]:
     """The same section with NaN as None (JSON has no NaN)."""
     def clean(v: object) -> object:
