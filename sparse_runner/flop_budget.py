@@ -11,7 +11,7 @@ multiplies + logical + other ops of the modules it sees:
   adds one per output element. Sparse layers scale both by their density.
 * BatchNorm (counted as in training, even in eval): 2 reductions of ``C·(N·HW − 1)`` adds, a
   square, a subtraction, a division and the affine multiply-add per element, one square root per
-  channel: ``7·numel − C``. LayerNorm the same over each sample's features.
+  channel: ``7·numel − C``. LayerNorm the same with the whole sample as one group.
 * Activations and pooling count only when they are modules; the official CIFAR ResNet-18 calls
   ReLU and average pooling as functions, so its budget has none, and neither has ours here.
 
@@ -47,16 +47,17 @@ class OfficialCount:
 
 
 def _norm_flops(module: nn.Module, x: torch.Tensor) -> int:
-    n = x.numel() // x.shape[0]  # per image
+    """Per image: BatchNorm reduces per channel (C groups), LayerNorm, as the official profiler
+    counts it, over the whole sample (1 group, whatever its normalized_shape)."""
+    n = x.numel() // x.shape[0]
     if isinstance(module, nn.LayerNorm):
-        feats = math.prod(module.normalized_shape)
-        groups = n // feats
-        affine = module.elementwise_affine
-        return (4 if affine else 2) * n - 2 * groups + (3 if affine else 2) * n + groups
-    c = x.shape[1]
-    affine = module.affine
-    # reductions 2·C·(n/C - 1), subtract n, [bias add n]; square n, divide n, [scale n]; sqrt C
-    return 2 * (n - c) + n + (n if affine else 0) + 2 * n + (n if affine else 0) + c
+        groups, affine = 1, module.elementwise_affine
+    else:
+        groups, affine = x.shape[1], module.affine
+    # 2 reductions of (n/groups - 1) adds per group, subtract, [bias add]; square, divide,
+    # [scale]; one square root per group
+    extra = 2 * n if affine else 0
+    return 2 * (n - groups) + n + 2 * n + extra + groups
 
 
 def _fixed_ops(model: nn.Module, input_shape: Sequence[int]) -> int:

@@ -51,3 +51,10 @@ def test_official_budget_drives_the_isoflop_search(tmp_path):
     assert abs(official["isoflop"]["rel_error"]) < 1e-5
     # the wide model's BN cost grows with width and not with density: a sparser model
     assert official["sparsity"]["effective"] > ours["sparsity"]["effective"]
+
+
+def test_layernorm_over_a_sequence_counts_one_group_per_sample():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    count = official_count(model, (3, 4))               # 3 tokens of 4 features
+    linear = 3 * 4 * 4 + 3 * 3 * 4 + 3 * 4               # multiplies, adds (in-1), bias adds
+    assert count.dense() == linear + (7 * 12 - 1)
