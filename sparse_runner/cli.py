@@ -64,7 +64,8 @@ def check_command_line(argv: list[str]) -> None:
             continue
         key, values = parsed
         key = key.lstrip("+~")
-        options = group_options(key) if "." not in key and key != "hydra" else []
+        hydra_group = key == "hydra" or key.startswith("hydra/")  # Hydra's own groups too
+        options = group_options(key) if "." not in key and not hydra_group else []
         for value in values:
             if options and value not in options and value != "null":
                 raise UserError(f"unknown {key} {value!r}; valid: {', '.join(options)}")

@@ -124,3 +124,9 @@ def test_where_selects_a_sub_table():
     assert sorted(tuple(j) for j in sub) == sorted(
         [("method=dense", "ift=none", "s=0", f"seed={i}") for i in range(3)]
         + [("method=rigl", "ift=wide", "s=0.9", f"seed={i}") for i in range(3)])
+
+
+def test_hydra_groups_are_not_checked_against_our_conf():
+    from sparse_runner.cli import check_command_line
+
+    check_command_line(["hydra/sweeper=basic", "hydra/launcher=basic"])  # Hydra's own options
