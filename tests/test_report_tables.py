@@ -50,13 +50,13 @@ def test_paper_layout(tmp_path):
     assert "Sparse-IFT Table 2" in text and "page:" in text
     assert "77.0 ± 0.1 (77.0 ± 0.2, Δ +0.0)" in lines["Dense"]
     assert "79.2 ± 0.3 (79.1 ± 0.2, Δ +0.1)" in lines["RigL"]
-    assert "failed (1) (80.1 ± 0.2)" in lines["RigL"]          # s=0.9: its only run failed
+    assert "1 failed (80.1 ± 0.2)" in lines["RigL"]          # s=0.9: its only run failed
     assert "missing (79.5 ± 0.1)" in lines["RigL"]             # s=0.75: never run
     assert "missing (78.8 ± 0.1)" in lines["SET"]
     assert "mystery (not in the paper)" in lines
     assert "not comparable" not in text                        # same dataset as the paper
     csv_text = (root / "report.csv").read_text()
-    assert "sift_table2,rigl,RigL,False,0.5,79.2" in csv_text
+    assert "sift_table2,rigl,RigL,False,0.5,79.2" in csv_text and ",unfinished," in csv_text
     page = (root / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
 
@@ -74,7 +74,7 @@ def test_job_without_summary_is_shown(tmp_path):
         "s: 0.75\nmethod: {name: set}\npreset: {name: sift_table2, row: '${method.name}', "
         "column: '${s}', baseline: dense}\n")
     text = report(root, write=False)
-    assert "failed (1) (79.2 ± 0.2)" in text  # SET s=0.75: a job dir that never wrote a summary
+    assert "1 without summary (79.2 ± 0.2)" in text  # SET s=0.75: running, or killed
 
 
 @pytest.mark.parametrize("content,reason", [

@@ -2,7 +2,8 @@
 
 The published numbers live in ``published/<preset>.yaml`` (table, source, page, metric, dense
 baseline(s), rows with their cells as [mean, std]). A cell shows ``ours mean ± std (paper,
-Δ difference)``; cells with no run are ``missing``, cells whose runs all failed ``failed (k)``.
+Δ difference)``; cells with no run are ``missing``, cells whose runs all failed ``k failed``,
+job directories without a summary (running or killed) ``k without summary``.
 Runs outside the published rows still get a row (marked "not in the paper").
 """
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Cell:
     accs: list[float] = field(default_factory=list)
     flops: list[float] = field(default_factory=list)
     failed: int = 0
+    unfinished: int = 0  # job dirs without a summary: still running, or killed
     paper: Pair | None = None
 
     @property
@@ -95,6 +97,8 @@ class Cell:
             self.accs.append(run.acc)
             if run.train_flops:
                 self.flops.append(run.train_flops)
+        elif run.status == "no summary":
+            self.unfinished += 1
         else:
             self.failed += 1
 
@@ -183,19 +187,21 @@ def fmt_pair(mean: float, std: float | None) -> str:
 
 def cell_text(cell: Cell, in_grid: bool = True) -> str:
     paper = "" if cell.paper is None else fmt_pair(*cell.paper)
+    extra = ([f"{cell.failed} failed"] if cell.failed else []) + (
+        [f"{cell.unfinished} without summary"] if cell.unfinished else [])
     if cell.n == 0:
-        ours = f"failed ({cell.failed})" if cell.failed else ("missing" if in_grid else "not run")
+        ours = (", ".join(extra) if extra else ("missing" if in_grid else "not run"))
         return f"{ours} ({paper})" if paper else ours
     ours = f"{cell.mean:.1f} ± {cell.std:.1f}" if cell.n > 1 else f"{cell.mean:.1f}"
-    if cell.failed:
-        ours += f" +{cell.failed} failed"
+    if extra:
+        ours += " +" + ", ".join(extra)
     if cell.paper is None:
         return ours
     return f"{ours} ({paper}, Δ {cell.mean - cell.paper[0]:+.1f})"
 
 
 def _seeds(row: TableRow) -> str:
-    ns = sorted({c.n for c in row.cells.values() if c.n or c.failed or c.paper})
+    ns = sorted({c.n for c in row.cells.values() if c.n or c.failed or c.unfinished or c.paper})
     return "–" if not ns else (str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}")
 
 
@@ -214,7 +220,8 @@ def markdown(table: Table) -> str:
             body = [cell_text(row.cells[0.0])] + [""] * (len(table.columns) - 1)
         else:
             body = [cell_text(row.cells[c], not row.reference) if (row.cells[c].n or
-                    row.cells[c].failed or row.cells[c].paper or not row.reference) else ""
+                    row.cells[c].failed or row.cells[c].unfinished or row.cells[c].paper
+                    or not row.reference) else ""
                     for c in table.columns]
         lines.append("| " + " | ".join([label, *body, _seeds(row)]) + " |")
     if table.notes:
@@ -223,6 +230,7 @@ def markdown(table: Table) -> str:
 
 
 CSV_COLUMNS = ["preset", "row", "label", "dense", "s", "ours_mean", "ours_std", "n", "failed",
+               "unfinished",
                "paper_mean", "paper_std", "diff", "train_flops"]
 
 
@@ -236,7 +244,8 @@ def to_csv(table: Table) -> str:
             w.writerow({"preset": table.published.name, "row": row.key, "label": row.label,
                         "dense": row.dense, "s": col, "ours_mean": cell.mean,
                         "ours_std": cell.std if cell.n else None, "n": cell.n,
-                        "failed": cell.failed, "paper_mean": paper[0], "paper_std": paper[1],
+                        "failed": cell.failed, "unfinished": cell.unfinished,
+                        "paper_mean": paper[0], "paper_std": paper[1],
                         "diff": None if cell.mean is None or paper[0] is None
                         else cell.mean - paper[0],
                         "train_flops": statistics.fmean(cell.flops) if cell.flops else None})
