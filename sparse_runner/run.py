@@ -7,7 +7,6 @@ with status ``completed``, ``dry_run`` or ``failed`` (plus a one-line ``error``)
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,14 +14,17 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint as ckpt
 from . import summary as sm
 from .errors import TrainingFailed, UserError, one_line
 from .loggers import Loggers, MetricsFile, WandbMirror
 from .methods.auto import resolve_auto
 from .optim import build_optimizer, lr_schedule
 from .plan import RunPlan, build_plan, requested_sparsity
+from .precision import amp_dtype
 from .sparsity.backend import apply_backend
+from .resume import resume_trainer
+from .rundir import owned, write_summary
+from .runconfig import trajectory_config
 from .train import Interrupted, Trainer, TrainSetup
 
 FINGERPRINT_KEYS = ("model.name", "dataset.name", "method.name", "ift.name", "s", "seed",
@@ -47,12 +49,13 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
                         plan.total_steps)
     setup = TrainSetup(
         epochs=t.epochs, steps_per_epoch=plan.steps_per_epoch, grad_accum=t.grad_accum,
-        device=plan.device, amp_dtype=_amp_dtype(str(t.precision), plan.device),
+        device=plan.device, amp_dtype=amp_dtype(str(t.precision), plan.device),
         channels_last=channels_last, label_smoothing=float(t.label_smoothing),
         log_every=t.log_every, stop_after_steps=t.stop_after_steps,
         progress=None if t.progress == "auto" else bool(t.progress),
         checkpoint_dir=run_dir / "checkpoints",
-        extra={"fingerprint": fingerprint(cfg), "s_effective": plan.s_eff},
+        extra={"fingerprint": fingerprint(cfg), "config": trajectory_config(cfg),
+               "s_effective": plan.s_eff},
         spectral_every=int(cfg.sparse.spectral_every) if cfg.sparse.spectral else 0,
     )
     forward = torch.compile(model) if t.compile else model
@@ -62,23 +65,8 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
 
 def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | None:
     """Continue from a checkpoint when ``resume`` finds one; returns its wandb run id."""
-    path = ckpt.resolve_resume(cfg.resume, run_dir)
-    if path is None:
-        return None
-    payload = ckpt.load(path)
-    theirs, ours = payload.get("fingerprint", {}), fingerprint(cfg)
-    diff = [f"{k}={theirs.get(k)}" for k in ours if theirs.get(k) != ours[k]]
-    if diff:
-        raise UserError(f"checkpoint {path} belongs to a different run ({', '.join(diff)}); "
-                        "resume with the same settings or choose a new out_dir")
-    trainer.restore(payload)
-    metrics = trainer.loggers.metrics
-    source = path.parent.parent / "metrics.jsonl"
-    if source.resolve() != metrics.path.resolve() and source.exists():
-        shutil.copyfile(source, metrics.path)
-    metrics.truncate_after(trainer.state.step)
-    print(f"resuming from {path} at step {trainer.state.step}")
-    return payload.get("wandb_id")
+    payload = resume_trainer(trainer, cfg, run_dir)
+    return payload.get("wandb_id") if payload else None
 
 
 def attach_wandb(cfg: DictConfig, trainer: Trainer, run_dir: Path, run_id: str | None) -> None:
@@ -91,20 +79,6 @@ def attach_wandb(cfg: DictConfig, trainer: Trainer, run_dir: Path, run_id: str |
 
 def _auto(value: Any, default: bool) -> bool:
     return default if value == "auto" else bool(value)
-
-
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise UserError("trainer.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
-        return torch.float16
-    if precision == "fp32":
-        return None
-    raise UserError(f"trainer.precision={precision!r}; valid: auto, fp32, bf16, fp16")
 
 
 def _execute(plan: RunPlan, run_dir: Path, trainers: list[Trainer]) -> bool:
@@ -125,15 +99,21 @@ def _execute(plan: RunPlan, run_dir: Path, trainers: list[Trainer]) -> bool:
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Execute one configured run in ``run_dir``; returns the summary that was written.
 
-    User errors, NaN losses and interruptions still write a ``failed`` summary and are then
-    re-raised for the CLI to turn into an exit code; bugs keep their traceback.
+    The directory is owned first (:mod:`rundir`): a busy directory or one holding another run
+    is refused before anything is written, and a completed identical run is left untouched
+    (its summary is returned). User errors, NaN losses and interruptions still write a
+    ``failed`` summary and are then re-raised for the CLI to turn into an exit code; bugs keep
+    their traceback.
     """
-    t0, run_dir = time.perf_counter(), Path(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the run directory {run_dir}: {exc.strerror}; choose "
-                        "another with out_dir=<dir>") from None
+    with owned(cfg, Path(run_dir)) as own:
+        if own.done is not None:
+            print(f"{own.path} already holds this run, completed; nothing to do")
+            return own.done
+        return _run_owned(cfg, own.path)
+
+
+def _run_owned(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
     status, error, raised = "completed", None, None
     plan, trainers = RunPlan(cfg=cfg), []
     try:
@@ -154,7 +134,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer = trainers[0] if trainers else None
     out = sm.build(plan, trainer.state if trainer else None, status, error, t0, run_dir,
                    spectral=trainer.spectral_final if trainer else None)
-    sm.write(run_dir, out)
+    write_summary(run_dir, out, failing=raised is not None)
     if trainer is not None:
         trainer.loggers.close(_flat(out))
     if plan.model is not None:  # a run that never got a model: the one-line error says it all

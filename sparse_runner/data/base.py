@@ -65,27 +65,41 @@ class Data:
 
 @dataclass(frozen=True)
 class Augment:
-    """Batched augmentation: zero-pad + random crop and optional horizontal flip."""
+    """Batched augmentation: zero-pad + random crop and optional horizontal flip.
+
+    The random choices are drawn on the CPU (:meth:`draw`, from the batch's generator) and
+    applied on the data's device (:meth:`apply`); the loader draws a whole epoch at once and
+    moves it in one copy, so a training step makes no host transfer and no sync.
+    """
 
     pad: int = 0
     flip: bool = False
 
-    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def draw(self, n: int, gen: torch.Generator) -> Tensor:
+        """int64 [3, n] rows (crop offset y, crop offset x, flip 0/1), in the historical order."""
+        zeros = torch.zeros(n, dtype=torch.long)
+        oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=gen) if self.pad else zeros
+        ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=gen) if self.pad else zeros
+        flip = (torch.rand(n, generator=gen) < 0.5).long() if self.flip else zeros
+        return torch.stack([oy, ox, flip])
+
+    def apply(self, x: Tensor, params: Tensor) -> Tensor:
+        """Crop/flip ``x`` [n, c, h, w] by ``params`` [3, n] (on x's device)."""
         n, _, h, w = x.shape
         if self.pad:
             p = self.pad
             xp = torch.nn.functional.pad(x, (p, p, p, p))
-            oy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-            ox = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-            rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-            cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+            rows = (params[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+            cols = (params[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
             batch = torch.arange(n, device=x.device)[:, None, None, None]
             chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
             x = xp[batch, chans, rows, cols]
         if self.flip:
-            flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = torch.where(params[2].bool()[:, None, None, None], x.flip(3), x)
         return x
+
+    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        return self.apply(x, self.draw(x.shape[0], gen).to(x.device))
 
 
 class TensorLoader:
@@ -130,11 +144,27 @@ class TensorLoader:
             order = torch.randperm(n, generator=generator(self.seed, epoch)).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
+        params = self._epoch_params(epoch, start)
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            lo = b * self.batch_size
+            idx = order[lo : lo + self.batch_size]
             x = self.images.index_select(0, idx).float()
             if self.scale != 1.0:
                 x.mul_(self.scale)
             if self.augment is not None:
-                x = self.augment(x, generator(self.seed, epoch, b, 1))
+                p0 = lo - start * self.batch_size
+                x = self.augment.apply(x, params[:, p0 : p0 + idx.shape[0]])
             yield (x - self.mean) / self.std, self.labels.index_select(0, idx)
+
+    def _epoch_params(self, epoch: int, start: int) -> Tensor:
+        """The augmentation draws of batches ``start..`` of an epoch, in one host-to-device
+        copy (pinned, asynchronous on a GPU): the same values as drawing per batch."""
+        if self.augment is None:
+            return torch.zeros(3, 0, dtype=torch.long)
+        n = self.images.shape[0]
+        draws = [self.augment.draw(min(self.batch_size, n - b * self.batch_size),
+                                   generator(self.seed, epoch, b, 1))
+                 for b in range(start, len(self))]
+        flat = torch.cat(draws, 1) if draws else torch.zeros(3, 0, dtype=torch.long)
+        cuda = self.images.device.type == "cuda"
+        return (flat.pin_memory() if cuda else flat).to(self.images.device, non_blocking=cuda)
