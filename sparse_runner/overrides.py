@@ -48,7 +48,8 @@ def groups() -> list[str]:
     from hydra.core.config_store import ConfigStore
 
     root = resources.files(CONF_PACKAGE)
-    names = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    names = {p.name for p in root.iterdir()
+             if p.is_dir() and not p.name.startswith("_") and p.name != "hydra"}
     names |= {n for n in ConfigStore.instance().list("") if "." not in n and n != "hydra"}
     return sorted(names)
 

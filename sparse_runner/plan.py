@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from .data import Data, build_data, dataset_with_model_defaults
 from .errors import UserError
+from .flop_budget import BUDGETS, Budget, official_budget
 from .flops import LayerTable, trace_layers
 from .ift import build_ift_model
 from .ift.feasible import isoflop_or_explain
@@ -45,6 +46,7 @@ class RunPlan:
     sparse: list[str] = field(default_factory=list)
     extra_dense: int = 0                  # dense weights counted in the budget (respread)
     iso: IsoFlopResult | None = None
+    budget: Budget | None = None          # sparse.flop_budget=official: what the search matches
     steps_per_epoch: int = 0
     total_steps: int = 0
     epochs: int = 0                       # epochs the loop runs (the last may stop early)
@@ -91,6 +93,13 @@ def validate(cfg: DictConfig) -> None:
     if cfg.sparse.backend not in BACKENDS:
         raise UserError(f"sparse.backend={cfg.sparse.backend} is unknown; valid: "
                         f"{', '.join(BACKENDS)}")
+    if cfg.sparse.flop_budget not in BUDGETS:
+        raise UserError(f"sparse.flop_budget={cfg.sparse.flop_budget} is unknown; valid: "
+                        f"{', '.join(BUDGETS)}")
+    every = cfg.sparse.spectral_every
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise UserError(f"sparse.spectral_every={every} must be a positive integer (turn the "
+                        "metrics off with sparse.spectral=false)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -175,10 +184,13 @@ def _build_model(plan: RunPlan) -> None:
 
     plan.builder = build
     with torch.device("meta"):
-        plan.baseline = plan.trace(build(1.0))
+        base = build(1.0)
+        plan.baseline = plan.trace(base)
     seed_everything(int(cfg.seed))
     plan.model = build_ift_model(cfg.ift, plan.s, build, shape, dtype)
     plan.table = plan.trace(plan.model)
+    if cfg.sparse.flop_budget == "official":
+        plan.budget = official_budget(base, plan.model, shape, plan.table)
     if plan.method.sparse:
         plan.sparse = select_sparse(plan.model, plan.table, dense_patterns(cfg.sparse.dense, plan.model))
         if not plan.sparse:
@@ -195,9 +207,13 @@ def _search_isoflop(plan: RunPlan) -> None:
     if (not method.sparse or not method.isoflop_search or cfg.ift.name == "none"
             or not cfg.sparse.isoflop):
         return
+    table, fixed, target = plan.table, 0, plan.baseline.dense_fwd()
+    if plan.budget is not None:   # sparse.flop_budget=official: the official code's count
+        table, fixed, target = plan.budget.table, plan.budget.fixed, plan.budget.target
 
     def flops_at(table: LayerTable, sparse: list[str]) -> Any:
-        return lambda x: method.mean_fwd_flops(table, sparse, x, cfg.distribution, plan.extra_dense)
+        return lambda x: (method.mean_fwd_flops(table, sparse, x, cfg.distribution,
+                                                plan.extra_dense) + fixed)
 
     def floor_at(s: float) -> float:
         """Forward FLOPs of the member at requested sparsity s with its sparse layers ~empty."""
@@ -208,7 +224,6 @@ def _search_isoflop(plan: RunPlan) -> None:
         sparse = select_sparse(model, table, dense_patterns(cfg.sparse.dense, model))
         return flops_at(table, sparse)(S_MAX)
 
-    plan.iso = isoflop_or_explain(flops_at(plan.table, plan.sparse),
-                                  float(plan.baseline.dense_fwd()), plan.s, str(cfg.ift.name),
-                                  floor_at)
+    plan.iso = isoflop_or_explain(flops_at(table, plan.sparse), float(target), plan.s,
+                                  str(cfg.ift.name), floor_at)
     plan.s_eff = plan.iso.sparsity

@@ -57,6 +57,7 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
         extra={"fingerprint": fingerprint(cfg), "config": trajectory_config(cfg),
                "s_effective": plan.s_eff},
         max_steps=plan.total_steps,
+        spectral_every=int(cfg.sparse.spectral_every) if cfg.sparse.spectral else 0,
     )
     forward = torch.compile(model) if t.compile else model
     return Trainer(model, plan.data, plan.method, optimizer, lr_at, plan.table, setup,
@@ -132,7 +133,8 @@ def _run_owned(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except Exception as exc:  # a bug: still leave a failed summary, keep the traceback
         status, error, raised = "failed", f"{type(exc).__name__}: {one_line(exc)}", exc
     trainer = trainers[0] if trainers else None
-    out = sm.build(plan, trainer.state if trainer else None, status, error, t0, run_dir)
+    out = sm.build(plan, trainer.state if trainer else None, status, error, t0, run_dir,
+                   spectral=trainer.spectral_final if trainer else None)
     write_summary(run_dir, out, failing=raised is not None)
     if trainer is not None:
         trainer.loggers.close(_flat(out))

@@ -30,8 +30,9 @@ SUMMARY = "summary.json"
 
 
 def build(plan: RunPlan, state: TrainState | None, status: str, error: str | None, t0: float,
-          run_dir: Path) -> dict[str, Any]:
-    """summary.json from the plan and the trainer's state (either may be incomplete)."""
+          run_dir: Path, spectral: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """summary.json from the plan and the trainer's state (either may be incomplete);
+    ``spectral``: the Ramanujan metrics of the final masks (sparse.spectral)."""
     cfg = plan.cfg
     out: dict[str, Any] = {"status": status}
     if error:
@@ -52,6 +53,8 @@ def build(plan: RunPlan, state: TrainState | None, status: str, error: str | Non
                           "train_loss": state.last_train_loss, "steps": state.step}
         out["time"] = {"train_s": state.train_s, "per_epoch_s": state.train_s / len(state.epoch_s),
                        task.throughput_key: state.units / max(state.train_s, 1e-9)}
+    if spectral is not None:
+        out["spectral"] = dict(spectral)
     out.setdefault("time", {})["wall_s"] = time.perf_counter() - t0
     out["device"] = device_name(plan.device)
     out["versions"] = versions()
@@ -80,7 +83,8 @@ def _model_sections(plan: RunPlan, state: TrainState | None) -> dict[str, Any]:
                   "sparse_fwd": plan.table.sparse_fwd(density),
                   "train_total": state.train_flops if state is not None else 0.0}}
     if plan.iso is not None:
-        out["isoflop"] = {"target_fwd": plan.iso.target, "found_fwd": plan.iso.flops,
+        out["isoflop"] = {"budget": str(cfg.sparse.flop_budget),
+                          "target_fwd": plan.iso.target, "found_fwd": plan.iso.flops,
                           "rel_error": plan.iso.rel_error, "iterations": plan.iso.iterations}
     return out
 

@@ -26,7 +26,7 @@ from .errors import TrainingFailed
 from .flops import LayerTable, train_flops_per_sample
 from .loggers import Loggers
 from .precision import Precision
-from .sparsity import SparsityMethod
+from .sparsity import SparsityMethod, spectral
 from .step import TrainStep
 from .tasks import Classification, Task
 
@@ -67,6 +67,7 @@ class TrainSetup:
     checkpoint_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)  # saved with every checkpoint
     max_steps: int | None = None  # stop after this many optimizer steps (None: all epochs)
+    spectral_every: int = 0  # Ramanujan metrics after every n-th mask update (0: never)
 
     @property
     def total_steps(self) -> int:
@@ -92,11 +93,15 @@ class Trainer:
         self._fwd_flops = table.sparse_fwd(method.density())
         self._stop = False
         self._epoch_t0: float | None = None
+        self._mask_updates = 0
+        self.spectral_final: dict[str, Any] | None = None  # the metrics of the final masks
 
     # ---- public --------------------------------------------------------------------------------
     def fit(self) -> TrainState:
         """Train from ``self.state.step`` to the end; evaluation and checkpoint every epoch."""
         s = self.setup
+        if self.state.step == 0:
+            self._spectral("setup")
         with self._stop_on_signals():
             first = self.state.step // s.steps_per_epoch
             for epoch in range(first, s.epochs):
@@ -120,6 +125,7 @@ class Trainer:
                     ckpt.link_or_copy(self.setup.checkpoint_dir / ckpt.LAST,
                                       self.setup.checkpoint_dir / ckpt.BEST)
                 self._print_epoch(epoch, train_metrics, ev)
+        self.spectral_final = self._spectral("end")
         return self.state
 
     @torch.no_grad()
@@ -233,6 +239,20 @@ class Trainer:
         if event is not None:
             self._fwd_flops = self.table.sparse_fwd(self.method.density())
             self._log("mask_update", st.step / self.setup.steps_per_epoch, event, event="mask_update")
+            self._mask_updates += 1
+            if self.setup.spectral_every and self._mask_updates % self.setup.spectral_every == 0:
+                self._spectral("update")
+
+    def _spectral(self, when: str) -> dict[str, Any] | None:
+        """Log a ``spectral`` event (per layer and mean over layers) for the current masks."""
+        if not self.setup.spectral_every:
+            return None
+        metrics = spectral.section(self.model, self.method.mask_state())
+        if metrics is not None:
+            self._log("spectral", self.state.step / self.setup.steps_per_epoch,
+                      {"when": when, **metrics["mean"], "layers": metrics["layers"]},
+                      event="spectral")
+        return metrics
 
     def _log(self, split: str, epoch: float, metrics: dict[str, Any], event: str | None = None) -> None:
         density = self.method.density()

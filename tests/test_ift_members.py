@@ -137,3 +137,26 @@ def test_members_run_forward_and_backward():
         assert out.shape == (2, 10)
         out.sum().backward()
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_parallel_sum_norm_drop_is_the_official_forward():
+    # official: ReLU(sum_j BN_j(conv_j x)), no BN after the sum; plain blocks keep theirs
+    model, _ = meta("parallel", 0.75, BUILD, sum_norm="drop", exclude=["*downsample*"])
+    block = model.layer2[0]
+    assert isinstance(block.conv1, ParallelBranches) and isinstance(block.bn1, nn.Identity)
+    assert isinstance(block.bn2, nn.Identity)
+    assert isinstance(block.downsample[1], nn.BatchNorm2d)  # the plain shortcut keeps its BN
+    assert isinstance(model.bn1, nn.BatchNorm2d)            # the stem is not transformed
+    kept, _ = meta("parallel", 0.75, BUILD)
+    assert isinstance(kept.layer2[0].bn2, nn.BatchNorm2d)
+    x = torch.randn(2, 3, 32, 32)
+    small = build_ift_model({"name": "parallel", "sum_norm": "drop"}, 0.5,
+                            resnet(classes=10, base_width=8), (3, 32, 32))
+    assert small(x).shape == (2, 10)
+
+
+def test_doped_official_low_rank_is_sparse():
+    model, table = meta("doped", 0.5, BUILD, low_rank="sparse")
+    sparse = set(select_sparse(model, table, ["stem", "head"]))
+    assert "layer1.0.conv1.u.weight" in sparse and "layer1.0.conv1.v.weight" in sparse
+    assert describe_ift({"name": "doped", "low_rank": "sparse"}, 0.5, model)["low_rank"] == "sparse"

@@ -80,6 +80,9 @@ def test_sparse_init_is_kaiming_over_the_sparse_fan_in():
     assert w[mask].var().item() == pytest.approx(2.0 / k, rel=0.05)  # not (2/k)^2 as the reference
     plain, m2, _ = make("srigl", [(256, 64, 3, 3), (10, 256)], 0.9, sparse_init=False)
     assert plain.ws[0][m2.masks.masks[0]].var().item() == pytest.approx(1.0, rel=0.05)
+    _, m3, _ = make("srigl", [(256, 64, 3, 3), (10, 256)], 0.9, init_std="official")
+    w3 = m3.masks.params[0].detach()[m3.masks.masks[0]]
+    assert w3.var().item() == pytest.approx((2.0 / k) ** 2, rel=0.05)  # the reference's std 2/k
 
 
 def test_planned_density_is_what_setup_builds():

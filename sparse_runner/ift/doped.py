@@ -33,11 +33,12 @@ def doped_rank(d_in: int, d_out: int, s: float) -> int:
 class Doped(LowRank):
     """sparse(x) + v(u(x)) with u, v dense by construction."""
 
-    def __init__(self, sparse: Layer, u: Layer, v: Layer) -> None:
+    def __init__(self, sparse: Layer, u: Layer, v: Layer, dense_low_rank: bool = True) -> None:
         super().__init__()
         self.sparse, self.u, self.v = sparse, u, v
-        mark_dense(u.weight)
-        mark_dense(v.weight)
+        if dense_low_rank:
+            mark_dense(u.weight)
+            mark_dense(v.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.sparse(x) + self.v(self.u(x))
@@ -46,14 +47,17 @@ class Doped(LowRank):
 @IFTS.register("doped")
 class DopedFamily(LayerSwap):
     name = "doped"
+    # low_rank=sparse: U and V are sparsified with the rest, as the official code does
+    options = {**LayerSwap.options, "low_rank": "dense"}
+    choices = {"low_rank": ("dense", "sparse")}
 
     def replace(self, layer: Layer, s: float) -> nn.Module:
         rank = doped_rank(*fan(layer), s)
         if rank == 0:
             return layer
         u, v = factor(layer, rank, bias=False)  # the sparse matrix keeps the layer's bias
-        return Doped(layer, u, v)
+        return Doped(layer, u, v, dense_low_rank=self.cfg["low_rank"] == "dense")
 
     def describe(self, s: float) -> dict[str, Any]:
-        return {"rank_rule": "floor(s*Din*Dout / (Din+Dout))", "low_rank": "dense",
+        return {"rank_rule": "floor(s*Din*Dout / (Din+Dout))", "low_rank": self.cfg["low_rank"],
                 "exclude": list(self.cfg["exclude"])}

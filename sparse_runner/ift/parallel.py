@@ -9,15 +9,20 @@ follows the sum. Linear branches use a BatchNorm over the last dimension. With `
 the branches are linear and the sum collapses to one dense layer (the paper's remark).
 b is rounded like the official ``round()`` (ties to even); the Iso-FLOP search absorbs the
 rounding.
+
+``sum_norm: drop`` reproduces the official CIFAR forward ReLU(Σⱼ BNⱼ(convⱼ x)): the norm that
+followed the layer (found by tracing which norm consumes the layer's output) becomes an
+identity, so only plain blocks keep their zero-initialised residual BN.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from .base import IFTS, expansion
+from ..errors import UserError
+from .base import IFTS, Builder, expansion
 from ._swap import IFTModule, Layer, LayerSwap, batch_norm, fresh_copy, io
 
 
@@ -48,8 +53,19 @@ class ParallelBranches(IFTModule):
 class Parallel(LayerSwap):
     name = "parallel"
     grouped_ok = True  # a branch is a copy of the layer, groups included
-    options = {**LayerSwap.options, "norm": "batch"}
-    choices = {"norm": ("batch", "none")}
+    options = {**LayerSwap.options, "norm": "batch", "sum_norm": "keep"}
+    choices = {"norm": ("batch", "none"), "sum_norm": ("keep", "drop")}
+
+    def build(self, build: Builder, s: float, input_shape: Sequence[int]) -> nn.Module:
+        self._input_shape = tuple(input_shape)
+        return super().build(build, s, input_shape)
+
+    def transform(self, model: nn.Module, s: float, keep: set[str]) -> nn.Module:
+        model = super().transform(model, s, keep)
+        if self.cfg["sum_norm"] == "drop":
+            for name in norms_after(model, self._input_shape):
+                model.set_submodule(name, nn.Identity())
+        return model
 
     def replace(self, layer: Layer, s: float) -> nn.Module:
         b = branches(s)
@@ -59,4 +75,35 @@ class Parallel(LayerSwap):
         return ParallelBranches(layers, norms)
 
     def describe(self, s: float) -> dict[str, Any]:
-        return {"branches": branches(s), "norm": self.cfg["norm"], "exclude": list(self.cfg["exclude"])}
+        return {"branches": branches(s), "norm": self.cfg["norm"], "sum_norm": self.cfg["sum_norm"],
+                "exclude": list(self.cfg["exclude"])}
+
+
+def norms_after(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
+    """Names of the norm modules fed directly by a ParallelBranches output (one meta forward)."""
+    outputs: set[int] = set()
+    found: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, ParallelBranches):
+            handles.append(module.register_forward_hook(
+                lambda _m, _i, out: outputs.add(id(out))))
+        elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+            handles.append(module.register_forward_hook(
+                lambda _m, inp, _o, name=name: found.append(name) if id(inp[0]) in outputs else None))
+    state = {k: torch.empty_like(v, device="meta")
+             for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(model, state, (torch.empty((1, *input_shape), device="meta"),))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    found = list(dict.fromkeys(found))
+    if not found:
+        raise UserError("ift.sum_norm=drop found no norm right after a Sparse Parallel layer in "
+                        "this model; use ift.sum_norm=keep")
+    return found

@@ -32,6 +32,8 @@ class SRigLOptions(DSTOptions):
     ablation: bool = True       # dynamic neuron ablation (false: SRigL without ablation)
     no_ablation: list[str] = field(default_factory=list)  # weight globs never ablated
     sparse_init: bool = True    # re-initialise sparse weights per neuron from N(0, 2/k)
+    init_std: str = "paper"     # paper: std sqrt(2/k) (He init over the sparse fan-in) |
+                                # official: std 2/k, what the reference code passes
 
 
 @register("srigl")
@@ -56,6 +58,8 @@ class SRigL(DynamicSparse):
               "fan-in below 1, an absolute count from 1), e.g. 0.3")
         check_bool(self.name, "ablation", self.opts.ablation)
         check_bool(self.name, "sparse_init", self.opts.sparse_init)
+        check(self.opts.init_std in ("paper", "official"), self.name,
+              f"init_std={self.opts.init_std!r}; valid: paper, official")
 
     def planned_density(self, table: LayerTable, sparse: list[str], s: float,
                         distribution: Mapping[str, Any], extra_dense: int = 0) -> dict[str, float]:
@@ -72,7 +76,7 @@ class SRigL(DynamicSparse):
                            for i, n in enumerate(names)]
         if self.sparse_init:
             for i, (p, m) in enumerate(zip(self.masks.params, self.masks.masks)):
-                sparse_init_(p, m, self.rng(-2, i))
+                sparse_init_(p, m, self.rng(-2, i), official=self.opts.init_std == "official")
 
     def new_masks(self, step: int, fraction: float) -> dict[int, Tensor]:
         out = {}

@@ -97,17 +97,19 @@ def constant_fanin(mask: Tensor) -> int | None:
 
 
 @torch.no_grad()
-def sparse_init_(weight: Tensor, mask: Tensor, gen: torch.Generator) -> None:
+def sparse_init_(weight: Tensor, mask: Tensor, gen: torch.Generator,
+                 official: bool = False) -> None:
     """Kaiming-normal per neuron over its *sparse* fan-in: N(0, var = 2 / k_row).
 
     SRigL's reference (``sparse_init.py``) passes 2 / fan_in as the *std*; the variance that
     preserves activation scale through ReLU (He et al. 2015) is 2 / fan_in, so std sqrt(2 / k).
-    Empty (ablated) rows stay zero.
+    ``official=True`` reproduces the reference (std = 2 / k). Empty (ablated) rows stay zero.
     """
     rows = weight.shape[0]
     m = mask.reshape(rows, -1)
     k = m.sum(1, keepdim=True).clamp_min(1).to(torch.float32)
-    noise = torch.randn(m.shape, generator=gen).to(weight.device) * (2.0 / k).sqrt()
+    std = 2.0 / k if official else (2.0 / k).sqrt()
+    noise = torch.randn(m.shape, generator=gen).to(weight.device) * std
     weight.copy_((noise * m).view_as(weight).to(weight.dtype))
 
 

@@ -1,62 +1,48 @@
-"""``sparse-run-report``: turn a sweep directory into tables (markdown, CSV) and a plot.
-
-    sparse-run-report <sweep dir>            per-run table + mean/std over seeds, report.{md,csv,png}
-    sparse-run-report <subcommand> [...]     other reports (``sparse-run-report --help`` lists them)
+"""The generic sweep report (no table preset): per-run table, mean/std over seeds, one plot.
 
 Accuracies are the *final* test accuracies (best-epoch accuracy is listed separately: picking
 the best epoch on the test set flatters a method).
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import importlib
 import io
-import json
 import statistics
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .checkpoint import atomic_write_bytes
-from .errors import UserError, one_line
-from .flops import human
-
-# subcommand -> "module:function" taking argv and returning an exit code
-SUBCOMMANDS: dict[str, str] = {}
+from ..checkpoint import atomic_write_bytes
+from ..errors import UserError
+from ..flops import human
+from .runs import Run, Warn, find_runs, stderr_warn
 
 RUN_COLUMNS = ["run", "status", "model", "ift", "method", "dataset", "s", "s_eff", "seed",
                "test_acc1", "best_acc1", "train_flops", "params_nonzero", "train_s"]
 GROUP_KEYS = ("model", "dataset", "ift", "method", "s")
 
 
-def register_subcommand(name: str, target: str) -> None:
-    SUBCOMMANDS[name] = target
-
-
-def load_runs(root: Path) -> list[dict[str, Any]]:
-    """One flat row per ``summary.json`` found under ``root``."""
+def load_runs(root: Path, warn: Warn = stderr_warn) -> list[dict[str, Any]]:
+    """One flat row per run under ``root`` (damaged summaries: one warning each, skipped)."""
     if not root.is_dir():
         raise UserError(f"{root} is not a directory; give the sweep (or run) directory")
-    rows = []
-    for path in sorted(root.rglob("summary.json")):
-        try:
-            s = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read {path}: {one_line(exc)}") from None
-        model, sp, fl = s.get("model", {}), s.get("sparsity", {}), s.get("flops", {})
-        m = s.get("metrics", {})
-        rows.append({
-            "run": str(path.parent.relative_to(root)) or ".", "status": s.get("status"),
-            "model": model.get("name"), "ift": model.get("ift"), "method": s.get("method"),
-            "dataset": s.get("dataset"), "s": sp.get("target"), "s_eff": sp.get("effective"),
-            "seed": s.get("seed"), "test_acc1": m.get("test_acc1"), "best_acc1": m.get("best_test_acc1"),
-            "train_flops": fl.get("train_total"), "params_nonzero": model.get("params_nonzero"),
-            "train_s": s.get("time", {}).get("train_s"),
-        })
+    rows = [run_row(r) for r in find_runs(root, warn)]
     if not rows:
-        raise UserError(f"no summary.json under {root}; is it a sparse-run output directory?")
+        raise UserError(f"no readable summary.json under {root}; is it a sparse-run output "
+                        "directory?")
     return rows
+
+
+def run_row(run: Run) -> dict[str, Any]:
+    s = run.summary
+    model, sp, fl, m = (s.get(k, {}) for k in ("model", "sparsity", "flops", "metrics"))
+    return {
+        "run": run.path, "status": run.status,
+        "model": model.get("name"), "ift": model.get("ift"), "method": run.method,
+        "dataset": run.dataset, "s": sp.get("target"), "s_eff": sp.get("effective"),
+        "seed": run.seed, "test_acc1": run.acc, "best_acc1": m.get("best_test_acc1"),
+        "train_flops": fl.get("train_total"), "params_nonzero": model.get("params_nonzero"),
+        "train_s": s.get("time", {}).get("train_s"),
+    }
 
 
 def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -137,33 +123,3 @@ def sweep_report(root: Path, write: bool = True) -> str:
         atomic_write_bytes(root / "report.csv", lambda f: f.write(to_csv(rows, RUN_COLUMNS).encode()))
         plot(groups, root / "report.png")
     return text
-
-
-def _dispatch(target: str) -> Callable[[list[str]], int]:
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] in SUBCOMMANDS:
-            return int(_dispatch(SUBCOMMANDS[argv[0]])(argv[1:]) or 0)
-        parser = argparse.ArgumentParser(
-            prog="sparse-run-report", description=__doc__.split("\n\n")[0],
-            epilog="subcommands: " + (", ".join(sorted(SUBCOMMANDS)) or "none"))
-        parser.add_argument("sweep_dir", type=Path, help="a sparse-run sweep or run directory")
-        parser.add_argument("--no-write", action="store_true", help="print only; write no files")
-        args = parser.parse_args(argv)
-        print(sweep_report(args.sweep_dir, write=not args.no_write))
-        return 0
-    except UserError as exc:
-        print(f"sparse-run-report: error: {one_line(exc)}", file=sys.stderr)
-        return exc.exit_code
-
-
-register_subcommand("ift-table", "sparse_runner.ift.tables:main")
-register_subcommand("export", "sparse_runner.export.report:main")
-
-if __name__ == "__main__":
-    sys.exit(main())
