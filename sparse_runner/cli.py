@@ -16,7 +16,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from . import distributed as dist
 from .errors import TrainingFailed, UserError, one_line
+from .launch import rank_overrides
+from .stop import forward
 from .train import Interrupted
 
 CONF_PACKAGE = "sparse_runner.conf"
@@ -88,7 +91,11 @@ def task(cfg: DictConfig) -> Any:
         summary = run(cfg, run_dir)
     except (UserError, TrainingFailed, Interrupted, KeyboardInterrupt) as exc:
         code = getattr(exc, "exit_code", 1)
-        print(f"sparse-run: error: {one_line(exc) or 'interrupted'}", file=sys.stderr)
+        rank = dist.current().rank  # every rank reports: an error may be one rank's alone
+        where = f" (rank {rank})" if rank else ""
+        print(f"sparse-run: error{where}: {one_line(exc) or 'interrupted'}", file=sys.stderr)
+        # checkpoint and summary are written: now the cluster's handler may requeue the job
+        forward(getattr(exc, "signum", 0))
         if isinstance(exc, KeyboardInterrupt) or not multirun:
             sys.exit(code if not isinstance(exc, KeyboardInterrupt) else 130)
         _failures.append(code)
@@ -103,10 +110,14 @@ _hydra_main = hydra.main(version_base="1.3", config_path=f"pkg://{CONF_PACKAGE}"
 def main() -> None:
     try:
         check_command_line(sys.argv[1:])
+        sys.argv[1:] = rank_overrides(sys.argv[1:])  # torchrun: one run directory for all ranks
     except UserError as exc:
         print(f"sparse-run: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    _hydra_main()
+    try:
+        _hydra_main()
+    finally:
+        dist.shutdown()
     if _failures:
         print(f"sparse-run: {len(_failures)} job(s) of the sweep failed; see their summary.json",
               file=sys.stderr)

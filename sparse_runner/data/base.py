@@ -13,6 +13,8 @@ from typing import Iterator, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from .shard import check_shardable, num_batches, rank_key, rank_slice
+
 MASK64 = (1 << 64) - 1
 
 
@@ -51,6 +53,9 @@ class Loader(Protocol):
     def __len__(self) -> int: ...
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def shard(self, rank: int, world: int) -> None:
+        """Yield only rank ``rank``'s slice of each global batch from now on (data/shard.py)."""
 
 
 @dataclass
@@ -119,10 +124,16 @@ class TensorLoader:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.seed, self.shuffle, self.drop_last, self.augment = seed, shuffle, drop_last, augment
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> None:
+        """Serve rank ``rank``'s slice of every global batch of ``world`` ranks (data/shard.py)."""
+        check_shardable(self.images.shape[0], self.batch_size, world, self.drop_last,
+                        "training" if self.drop_last else "test")
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        n = self.images.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return num_batches(self.images.shape[0], self.batch_size, self.world, self.drop_last)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         n = self.images.shape[0]
@@ -131,10 +142,13 @@ class TensorLoader:
         else:
             order = torch.arange(n, device=self.images.device)
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            idx = order[rank_slice(b, self.batch_size, self.rank, self.world, n)]
+            if idx.numel() == 0:  # a ragged last test batch may leave a rank nothing
+                break
             x = self.images.index_select(0, idx).float()
             if self.scale != 1.0:
                 x.mul_(self.scale)
             if self.augment is not None:
-                x = self.augment(x, generator(self.seed, epoch, b, 1))
+                x = self.augment(x, generator(self.seed, epoch, b, 1,
+                                              *rank_key(self.rank, self.world)))
             yield (x - self.mean) / self.std, self.labels.index_select(0, idx)
