@@ -60,7 +60,9 @@ def check_command_line(argv: list[str]) -> None:
             continue
         key, values = parsed
         key = key.lstrip("+~")
-        options = group_options(key) if "." not in key and key != "hydra" else []
+        # hydra/... groups also hold the plugins' options (submitit_local, optuna, ...)
+        ours = "." not in key and not key.startswith("hydra")
+        options = group_options(key) if ours else []
         for value in values:
             if options and value not in options and value != "null":
                 raise UserError(f"unknown {key} {value!r}; valid: {', '.join(options)}")
