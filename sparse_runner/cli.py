@@ -93,7 +93,7 @@ def task(cfg: DictConfig) -> Any:
         summary = run(cfg, run_dir)
     except (UserError, TrainingFailed, Interrupted, KeyboardInterrupt) as exc:
         code = getattr(exc, "exit_code", 1)
-        rank = dist.current().rank  # every rank reports: an error may be one rank's alone
+        rank = int(os.environ.get("RANK", 0))  # every rank reports: it may be its error alone
         where = f" (rank {rank})" if rank else ""
         print(f"sparse-run: error{where}: {one_line(exc) or 'interrupted'}", file=sys.stderr)
         # checkpoint and summary are written: now the cluster's handler may requeue the job

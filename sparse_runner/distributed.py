@@ -92,7 +92,8 @@ def _submitit_launch() -> Launch:
     job = submitit.JobEnvironment()
     if job.num_tasks < 2:
         return Launch()
-    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                    overwrite=True)
     return Launch(job.num_tasks, job.global_rank, job.local_rank)
 
 
