@@ -27,11 +27,18 @@ _failures: list[int] = []
 
 
 def group_options(group: str) -> list[str]:
-    """Option names of a config group (the yaml files in ``conf/<group>/``)."""
-    folder = resources.files(CONF_PACKAGE) / group
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    """Option names of a config group: the yaml files in ``conf/<group>/`` and the structured
+    configs registered in Hydra's ConfigStore (every ``method=<name>``)."""
+    from hydra.core.config_store import ConfigStore
+
+    folder = resources.files(CONF_PACKAGE) / group  # importing it registers the schemas
+    names = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")} \
+        if folder.is_dir() else set()
+    try:
+        names |= {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)}
+    except OSError:  # no such group in the store
+        pass
+    return sorted(names)
 
 
 def _override_values(arg: str) -> tuple[str, list[str]] | None:

@@ -1,6 +1,6 @@
 """Per-layer FLOPs from one shape trace, and the dense / sparse / training totals built on them.
 
-Convention (DESIGN.md): 2 FLOPs per multiply-accumulate of conv/linear (what
+Convention (docs/architecture.md, "FLOPs"): 2 FLOPs per multiply-accumulate of conv/linear (what
 ``torch.utils.flop_counter.FlopCounterMode`` counts); other ops are not counted. A training
 step costs forward + backward = 3x the forward, plus whatever the sparsity method adds.
 Sparse FLOPs scale each layer's dense FLOPs by its density (nonzero weights / all weights).
@@ -27,7 +27,6 @@ class Layer:
     name: str
     shape: tuple[int, ...]
     fwd_flops: int
-    kind: str  # "conv" | "linear"
 
     @property
     def numel(self) -> int:
@@ -64,9 +63,9 @@ class LayerTable:
         """Forward FLOPs per sample counting only nonzero weights (missing layers are dense)."""
         return float(sum(layer.fwd_flops * density.get(layer.name, 1.0) for layer in self.layers))
 
-    def params(self, density: Mapping[str, float] | None = None) -> float:
-        density = density or {}
-        return float(sum(layer.numel * density.get(layer.name, 1.0) for layer in self.layers))
+    def params(self) -> int:
+        """Weights of all Conv/Linear layers."""
+        return sum(layer.numel for layer in self.layers)
 
 
 def _flops_per_sample(module: nn.Module, out: torch.Tensor) -> int:
@@ -91,7 +90,6 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerTable:
     order: list[str] = []
     flops: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
-    kinds: dict[str, str] = {}
     handles = []
     for mname, module in flop_modules(model):
         pname = f"{mname}.weight" if mname else "weight"
@@ -102,7 +100,6 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerTable:
                 flops[pname] = 0
             flops[pname] += _flops_per_sample(mod, out)
             shapes[pname] = tuple(mod.weight.shape)
-            kinds[pname] = "linear" if isinstance(mod, nn.Linear) else "conv"
 
         handles.append(module.register_forward_hook(hook))
     state = {k: torch.empty_like(v, device="meta")
@@ -117,7 +114,7 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerTable:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return LayerTable(tuple(Layer(n, shapes[n], flops[n], kinds[n]) for n in order))
+    return LayerTable(tuple(Layer(n, shapes[n], flops[n]) for n in order))
 
 
 def origins(table: LayerTable, baseline: LayerTable) -> dict[str, str | None]:
@@ -140,6 +137,14 @@ def origins(table: LayerTable, baseline: LayerTable) -> dict[str, str | None]:
 def train_flops_per_sample(fwd_flops: float) -> float:
     """Forward + backward FLOPs of one training sample for a given forward cost."""
     return TRAIN_FLOPS_FACTOR * fwd_flops
+
+
+def dense_grad_extra(table: LayerTable, density: Mapping[str, float]) -> float:
+    """Per-sample FLOPs a step costs beyond ``3 f_S`` when the sparse layers' weight gradient is
+    computed densely (RigL's update steps, straight-through N:M, Bernoulli-STE gates): the weight
+    gradient costs ``f_D`` instead of ``f_S`` per layer, so ``sum (f_D - f_S)`` extra
+    (Evci et al. 2020)."""
+    return float(sum(table[n].fwd_flops * (1.0 - d) for n, d in density.items()))
 
 
 def human(n: float) -> str:

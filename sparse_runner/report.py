@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 register_subcommand("ift-table", "sparse_runner.ift.tables:main")
-register_subcommand("export", "sparse_runner.sparsity.export:main")
+register_subcommand("export", "sparse_runner.export.report:main")
 
 if __name__ == "__main__":
     sys.exit(main())

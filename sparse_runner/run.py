@@ -1,4 +1,4 @@
-"""Orchestration: data -> model -> IFT -> Iso-FLOP search -> method -> train -> summary.
+"""One run: plan -> trainer -> (resume) -> fit -> summary.
 
 ``run(cfg, run_dir)`` is a plain function of the composed config (Hydra stays in cli.py), so
 tests and notebooks call it directly. Whatever happens, ``summary.json`` is written atomically
@@ -7,280 +7,85 @@ with status ``completed``, ``dry_run`` or ``failed`` (plus a one-line ``error``)
 from __future__ import annotations
 
 import math
-import random
 import shutil
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt
 from . import summary as sm
-from .data import Data, build_data
 from .errors import TrainingFailed, UserError, one_line
-from .flops import LayerTable, trace_layers
-from .ift import build_ift_model, describe_ift
-from .isoflop import IsoFlopResult, isoflop_sparsity
 from .loggers import Loggers, MetricsFile, WandbMirror
-from .models import build_model
+from .methods.auto import resolve_auto
 from .optim import build_optimizer, lr_schedule
-from .sparsity import SetupContext, SparsityMethod, build_method, select_sparse
-from .sparsity.backend import BACKENDS, apply_backend
+from .plan import RunPlan, build_plan, requested_sparsity
+from .sparsity.backend import apply_backend
 from .train import Interrupted, Trainer, TrainSetup
 
 FINGERPRINT_KEYS = ("model.name", "dataset.name", "method.name", "ift.name", "s", "seed",
                     "distribution.name", "trainer.batch_size", "trainer.epochs")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that need no data or model; each failure is one line naming the fix."""
-    s = cfg.s
-    if not isinstance(s, (int, float)) or isinstance(s, bool) or not 0.0 <= float(s) < 1.0:
-        raise UserError(f"s={s} is outside [0, 1): s is the fraction of zero weights, e.g. s=0.9")
-    for key in ("epochs", "batch_size", "grad_accum", "log_every"):
-        value = cfg.trainer[key]
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"trainer.{key}={value} must be a positive integer")
-    if not isinstance(cfg.seed, int):
-        raise UserError(f"seed={cfg.seed} must be an integer")
-    if cfg.sparse.backend not in BACKENDS:
-        raise UserError(f"sparse.backend={cfg.sparse.backend} is unknown; valid: "
-                        f"{', '.join(BACKENDS)}")
-
-
-AUTO_SPARSE_METHOD = "rigl"  # the Sparse-IFT paper trains every IFT member with RigL
-
-
-def resolve_method(cfg: DictConfig) -> DictConfig:
-    """``method=auto`` (the default): dense when s == 0 and ift=none, else RigL with its defaults."""
-    if cfg.method.name != "auto":
-        return cfg
-    s = cfg.s if isinstance(cfg.s, (int, float)) else 0.0
-    name = "dense" if s == 0 and cfg.ift.name == "none" else AUTO_SPARSE_METHOD
-    chosen = OmegaConf.load(str(resources.files("sparse_runner.conf") / "method" / f"{name}.yaml"))
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        cfg.method = chosen
-    return cfg
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"run.device={name} but no CUDA device is available; use run.device=cpu")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
     return {k: OmegaConf.select(cfg, k) for k in FINGERPRINT_KEYS}
 
 
-class Run:
-    """One run; attributes fill in stage by stage so a failure can still report what is known."""
+def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
+    """Masks, optimizer, execution backend, schedule and loop for the planned run."""
+    cfg, t, model = plan.cfg, plan.cfg.trainer, plan.model
+    channels_last = _auto(t.channels_last, plan.device.type == "cuda")
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    plan.method.setup(model, plan.context())
+    optimizer = build_optimizer(cfg.optimizer, model)
+    plan.method.attach_optimizer(optimizer)
+    apply_backend(str(cfg.sparse.backend), model, plan.method)
+    lr_at = lr_schedule(cfg.schedule, float(cfg.optimizer.lr), plan.steps_per_epoch,
+                        plan.total_steps)
+    setup = TrainSetup(
+        epochs=t.epochs, steps_per_epoch=plan.steps_per_epoch, grad_accum=t.grad_accum,
+        device=plan.device, amp_dtype=_amp_dtype(str(t.precision), plan.device),
+        channels_last=channels_last, label_smoothing=float(t.label_smoothing),
+        log_every=t.log_every, stop_after_steps=t.stop_after_steps,
+        progress=None if t.progress == "auto" else bool(t.progress),
+        checkpoint_dir=run_dir / "checkpoints",
+        extra={"fingerprint": fingerprint(cfg), "s_effective": plan.s_eff},
+    )
+    forward = torch.compile(model) if t.compile else model
+    return Trainer(model, plan.data, plan.method, optimizer, lr_at, plan.table, setup,
+                   Loggers(MetricsFile(run_dir / "metrics.jsonl")), forward)
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.t0 = time.perf_counter()
-        self.device = torch.device("cpu")
-        self.data: Data | None = None
-        self.method: SparsityMethod | None = None
-        self.model: torch.nn.Module | None = None
-        self.table: LayerTable | None = None
-        self.baseline: LayerTable | None = None
-        self.sparse: list[str] = []
-        self.iso: IsoFlopResult | None = None
-        self.s_eff = float(cfg.s) if isinstance(cfg.s, (int, float)) else 0.0
-        self.steps_per_epoch = 0
-        self.trainer: Trainer | None = None
-        self.wandb_id: str | None = None
 
-    # ---- stages -------------------------------------------------------------------------------
-    def build(self) -> None:
-        cfg = self.cfg
-        validate(cfg)
-        self.device = resolve_device(str(cfg.run.device))
-        t = cfg.trainer
-        self.data = build_data(cfg.dataset, batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
-                               seed=cfg.seed, device=self.device, num_workers=t.num_workers)
-        self.method = build_method(cfg.method)
-        s = float(cfg.s)
-        if not self.method.sparse and (s > 0 or cfg.ift.name != "none"):
-            raise UserError(f"method=dense trains every weight, so s={s} ift={cfg.ift.name} has "
-                            "no effect; pick a sparse method (method=static, rigl, ...) or s=0")
-        if self.method.sparse and s == 0:
-            raise UserError(f"method={cfg.method.name} needs a sparsity s > 0, e.g. s=0.9 "
-                            "(s=0 is dense training: method=dense)")
-        spec = self.data.spec
-        shape = (spec.in_channels, spec.image_size, spec.image_size)
+def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | None:
+    """Continue from a checkpoint when ``resume`` finds one; returns its wandb run id."""
+    path = ckpt.resolve_resume(cfg.resume, run_dir)
+    if path is None:
+        return None
+    payload = ckpt.load(path)
+    theirs, ours = payload.get("fingerprint", {}), fingerprint(cfg)
+    diff = [f"{k}={theirs.get(k)}" for k in ours if theirs.get(k) != ours[k]]
+    if diff:
+        raise UserError(f"checkpoint {path} belongs to a different run ({', '.join(diff)}); "
+                        "resume with the same settings or choose a new out_dir")
+    trainer.restore(payload)
+    metrics = trainer.loggers.metrics
+    source = path.parent.parent / "metrics.jsonl"
+    if source.resolve() != metrics.path.resolve() and source.exists():
+        shutil.copyfile(source, metrics.path)
+    metrics.truncate_after(trainer.state.step)
+    print(f"resuming from {path} at step {trainer.state.step}")
+    return payload.get("wandb_id")
 
-        def build(width_mult: float) -> torch.nn.Module:
-            return build_model(cfg.model, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                               image_size=spec.image_size, width_mult=width_mult)
 
-        with torch.device("meta"):
-            self.baseline = trace_layers(build(1.0), shape)
-        seed_everything(int(cfg.seed))
-        self.model = build_ift_model(cfg.ift, s, build, shape)
-        self.table = trace_layers(self.model, shape)
-        if self.method.sparse:
-            self.sparse = select_sparse(self.model, self.table, cfg.sparse.dense)
-            if not self.sparse:
-                raise UserError("no layer is left to sparsify after sparse.dense; keep fewer "
-                                "layers dense")
-        self.model.to(self.device)
-        t = cfg.trainer
-        self.steps_per_epoch = len(self.data.train) // t.grad_accum
-        if self.steps_per_epoch < 1:
-            raise UserError(f"the training set ({self.data.num_train} samples) is smaller than one "
-                            f"step of {t.batch_size * t.grad_accum}; lower trainer.batch_size")
-        self.method.prepare(self.model, self.context(t.epochs * self.steps_per_epoch))
-        self._search_isoflop()
-
-    def _extra_dense(self) -> int:
-        if not self.cfg.sparse.respread:
-            return 0
-        return sum(layer.numel for layer in self.table if layer.name not in set(self.sparse))
-
-    def _search_isoflop(self) -> None:
-        cfg, method = self.cfg, self.method
-        if (not method.sparse or not method.isoflop_search or cfg.ift.name == "none"
-                or not cfg.sparse.isoflop):
-            return
-        dist, extra = cfg.distribution, self._extra_dense()
-        self.iso = isoflop_sparsity(
-            lambda x: method.mean_fwd_flops(self.table, self.sparse, x, dist, extra),
-            target=float(self.baseline.dense_fwd()),
-        )
-        self.s_eff = self.iso.sparsity
-
-    def context(self, total_steps: int) -> SetupContext:
-        data = self.data
-        return SetupContext(
-            table=self.table, sparse=self.sparse, s=self.s_eff, total_steps=total_steps,
-            seed=int(self.cfg.seed), distribution=self.cfg.distribution,
-            extra_dense=self._extra_dense(), batches=lambda: data.train.batches(10**6),
-            loss_fn=torch.nn.functional.cross_entropy, device=self.device,
-        )
-
-    def setup_training(self) -> None:
-        cfg, t = self.cfg, self.cfg.trainer
-        data, model = self.data, self.model
-        channels_last = _auto(t.channels_last, self.device.type == "cuda")
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        steps_per_epoch = self.steps_per_epoch
-        total = t.epochs * steps_per_epoch
-        ctx = self.context(total)
-        self.method.setup(model, ctx)
-        optimizer = build_optimizer(cfg.optimizer, model)
-        self.method.attach_optimizer(optimizer)
-        apply_backend(str(cfg.sparse.backend), model, self.method)
-        lr_at = lr_schedule(cfg.schedule, float(cfg.optimizer.lr), steps_per_epoch, total)
-        forward = torch.compile(model) if t.compile else model
-        setup = TrainSetup(
-            epochs=t.epochs, steps_per_epoch=steps_per_epoch, grad_accum=t.grad_accum,
-            device=self.device, amp_dtype=_amp_dtype(str(t.precision), self.device),
-            channels_last=channels_last, label_smoothing=float(t.label_smoothing),
-            log_every=t.log_every, stop_after_steps=t.stop_after_steps,
-            progress=None if t.progress == "auto" else bool(t.progress),
-            checkpoint_dir=self.run_dir / "checkpoints",
-            extra={"fingerprint": fingerprint(cfg), "s_effective": self.s_eff},
-        )
-        self.trainer = Trainer(model, data, self.method, optimizer, lr_at, self.table, setup,
-                               Loggers(MetricsFile(self.run_dir / "metrics.jsonl")), forward)
-
-    def resume_if_asked(self) -> None:
-        path = ckpt.resolve_resume(self.cfg.resume, self.run_dir)
-        if path is None:
-            return
-        payload = ckpt.load(path)
-        self.wandb_id = payload.get("wandb_id")
-        theirs, ours = payload.get("fingerprint", {}), fingerprint(self.cfg)
-        diff = [f"{k}={theirs.get(k)}" for k in ours if theirs.get(k) != ours[k]]
-        if diff:
-            raise UserError(f"checkpoint {path} belongs to a different run ({', '.join(diff)}); "
-                            "resume with the same settings or choose a new out_dir")
-        self.trainer.restore(payload)
-        metrics = self.trainer.loggers.metrics
-        source = path.parent.parent / "metrics.jsonl"
-        if source.resolve() != metrics.path.resolve() and source.exists():
-            shutil.copyfile(source, metrics.path)
-        metrics.truncate_after(self.trainer.state.step)
-        print(f"resuming from {path} at step {self.trainer.state.step}")
-
-    def attach_wandb(self) -> None:
-        if self.cfg.logger.name != "wandb":
-            return
-        mirror = WandbMirror(self.cfg.logger, self.run_dir,
-                             OmegaConf.to_container(self.cfg, resolve=True), self.wandb_id)
-        self.trainer.loggers.mirrors.append(mirror)
-        self.trainer.setup.extra["wandb_id"] = mirror.run_id
-
-    # ---- reporting ----------------------------------------------------------------------------
-    def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
-        cfg = self.cfg
-        out: dict[str, Any] = {"status": status}
-        if error:
-            out["error"] = error
-        out["method"] = str(cfg.method.name)
-        out["dataset"] = str(cfg.dataset.name)
-        if self.data is not None and self.data.notes:
-            out["data_notes"] = list(self.data.notes)
-        out["seed"] = int(cfg.seed) if isinstance(cfg.seed, int) else cfg.seed
-        if self.table is not None and self.model is not None:
-            density = self.method.density() if self.method is not None else {}
-            rows = sm.layer_rows(self.table, density, self.sparse)
-            total, nonzero = sm.params(self.model, rows)
-            out["model"] = {"name": str(cfg.model.name), "ift": str(cfg.ift.name),
-                            "params_total": total, "params_nonzero": nonzero,
-                            "ift_info": describe_ift(cfg.ift, float(cfg.s), self.model)}
-            out["sparsity"] = sm.sparsity_section(float(cfg.s), self.s_eff, rows)
-            out["sparsity"]["distribution"] = str(cfg.distribution.name)
-            backend = getattr(self.method, "backend", None)
-            out["sparsity"]["backend"] = {"name": str(cfg.sparse.backend),
-                                          "condensed_layers": backend.names() if backend else []}
-            out["flops"] = {
-                "dense_baseline_fwd": self.baseline.dense_fwd(),
-                "model_dense_fwd": self.table.dense_fwd(),
-                "sparse_fwd": self.table.sparse_fwd(density),
-                "train_total": self.trainer.state.train_flops if self.trainer else 0.0,
-            }
-            if self.iso is not None:
-                out["isoflop"] = {"target_fwd": self.iso.target, "found_fwd": self.iso.flops,
-                                  "rel_error": self.iso.rel_error, "iterations": self.iso.iterations}
-        if self.trainer is not None and self.trainer.state.epoch_s:
-            st = self.trainer.state
-            out["metrics"] = {"test_acc1": st.last_eval.get("acc1"), "test_acc5": st.last_eval.get("acc5"),
-                              "best_test_acc1": st.best_acc1, "train_loss": st.last_train_loss,
-                              "test_loss": st.last_eval.get("loss"), "steps": st.step}
-            out["time"] = {"train_s": st.train_s, "per_epoch_s": st.train_s / len(st.epoch_s)}
-        out.setdefault("time", {})["wall_s"] = time.perf_counter() - self.t0
-        out["device"] = sm.device_name(self.device)
-        out["versions"] = sm.versions()
-        out["run_dir"] = str(self.run_dir)
-        return out
-
-    def dry_run(self) -> dict[str, Any]:
-        rows = sm.layer_rows(self.table, self.method.density(), self.sparse, baseline=self.baseline)
-        (self.run_dir / "layers.csv").write_text(sm.layer_table_csv(rows))
-        print(sm.layer_table_text(rows))
-        if self.iso is not None:
-            print(f"Iso-FLOP: s={self.cfg.s} -> effective sparsity {self.iso.sparsity:.6f}; sparse "
-                  f"fwd {self.iso.flops:.6g} vs dense baseline {self.iso.target:.6g} FLOPs "
-                  f"(rel. error {self.iso.rel_error:.2e})")
-        return self.summary("dry_run")
+def attach_wandb(cfg: DictConfig, trainer: Trainer, run_dir: Path, run_id: str | None) -> None:
+    if cfg.logger.name != "wandb":
+        return
+    mirror = WandbMirror(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), run_id)
+    trainer.loggers.mirrors.append(mirror)
+    trainer.setup.extra["wandb_id"] = mirror.run_id
 
 
 def _auto(value: Any, default: bool) -> bool:
@@ -301,43 +106,56 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     raise UserError(f"trainer.precision={precision!r}; valid: auto, fp32, bf16, fp16")
 
 
+def _execute(plan: RunPlan, run_dir: Path, trainers: list[Trainer]) -> bool:
+    """Plan, then train (True) or set up a dry run (False); the trainer goes to ``trainers``
+    as soon as it exists, so a failure during training can still report its state."""
+    build_plan(plan)
+    if plan.cfg.run.dry_run:
+        plan.method.setup(plan.model, plan.context())
+        return False
+    trainer = make_trainer(plan, run_dir)
+    trainers.append(trainer)
+    run_id = resume_if_asked(plan.cfg, trainer, run_dir)
+    attach_wandb(plan.cfg, trainer, run_dir, run_id)
+    trainer.fit()
+    return True
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Execute one configured run in ``run_dir``; returns the summary that was written.
 
     User errors, NaN losses and interruptions still write a ``failed`` summary and are then
     re-raised for the CLI to turn into an exit code; bugs keep their traceback.
     """
-    r = Run(resolve_method(cfg), Path(run_dir))
+    t0, run_dir = time.perf_counter(), Path(run_dir)
     try:
-        r.run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the run directory {r.run_dir}: {exc.strerror}; choose "
+        raise UserError(f"cannot create the run directory {run_dir}: {exc.strerror}; choose "
                         "another with out_dir=<dir>") from None
     status, error, raised = "completed", None, None
+    plan, trainers = RunPlan(cfg=cfg), []
     try:
-        r.build()
-        if cfg.run.dry_run:
-            r.method.setup(r.model, r.context(r.cfg.trainer.epochs * r.steps_per_epoch))
-            out = r.dry_run()
-            sm.write(r.run_dir, out)
+        plan.s = requested_sparsity(cfg)
+        plan.cfg = resolve_auto(cfg, plan.s)
+        if not _execute(plan, run_dir, trainers):
+            out = sm.dry_run(plan, run_dir, t0)
+            sm.write(run_dir, out)
             return out
-        r.setup_training()
-        r.resume_if_asked()
-        r.attach_wandb()
-        r.trainer.fit()
     except Interrupted as exc:
-        status, error, raised = "failed", f"interrupted ({exc}); resume with resume={r.run_dir}", exc
+        status, error, raised = "failed", f"interrupted ({exc}); resume with resume={run_dir}", exc
     except (UserError, TrainingFailed) as exc:
         status, error, raised = "failed", one_line(exc), exc
     except KeyboardInterrupt as exc:
         status, error, raised = "failed", "interrupted by the user (Ctrl-C)", exc
     except Exception as exc:  # a bug: still leave a failed summary, keep the traceback
         status, error, raised = "failed", f"{type(exc).__name__}: {one_line(exc)}", exc
-    out = r.summary(status, error)
-    sm.write(r.run_dir, out)
-    if r.trainer is not None:
-        r.trainer.loggers.close(_flat(out))
-    if r.model is not None:  # a run that never got a model: the one-line error says it all
+    trainer = trainers[0] if trainers else None
+    out = sm.build(plan, trainer.state if trainer else None, status, error, t0, run_dir)
+    sm.write(run_dir, out)
+    if trainer is not None:
+        trainer.loggers.close(_flat(out))
+    if plan.model is not None:  # a run that never got a model: the one-line error says it all
         print(sm.result_text(out))
     if raised is not None:
         raise raised

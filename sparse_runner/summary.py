@@ -8,29 +8,86 @@ parameters minus the masked-out weights (structural nonzeros).
 """
 from __future__ import annotations
 
-import platform
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+import time
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from . import __version__
 from .checkpoint import atomic_write_json
+from .environment import device_name, versions
 from .flops import LayerTable, human, origins, train_flops_per_sample
+from .ift import describe_ift
+
+if TYPE_CHECKING:
+    from .plan import RunPlan
+    from .train import TrainState
 
 SUMMARY = "summary.json"
 
 
-def versions() -> dict[str, str]:
-    return {"torch": torch.__version__, "python": platform.python_version(),
-            "sparse_runner": __version__, "cuda": str(torch.version.cuda)}
+def build(plan: RunPlan, state: TrainState | None, status: str, error: str | None, t0: float,
+          run_dir: Path) -> dict[str, Any]:
+    """summary.json from the plan and the trainer's state (either may be incomplete)."""
+    cfg = plan.cfg
+    out: dict[str, Any] = {"status": status}
+    if error:
+        out["error"] = error
+    out["method"] = str(cfg.method.name)
+    out["dataset"] = str(cfg.dataset.name)
+    if plan.data is not None and plan.data.notes:
+        out["data_notes"] = list(plan.data.notes)
+    out["seed"] = int(cfg.seed) if isinstance(cfg.seed, int) else cfg.seed
+    if plan.table is not None and plan.model is not None:
+        out.update(_model_sections(plan, state))
+    if state is not None and state.epoch_s:
+        out["metrics"] = {"test_acc1": state.last_eval.get("acc1"),
+                          "test_acc5": state.last_eval.get("acc5"),
+                          "best_test_acc1": state.best_acc1, "train_loss": state.last_train_loss,
+                          "test_loss": state.last_eval.get("loss"), "steps": state.step}
+        out["time"] = {"train_s": state.train_s, "per_epoch_s": state.train_s / len(state.epoch_s)}
+    out.setdefault("time", {})["wall_s"] = time.perf_counter() - t0
+    out["device"] = device_name(plan.device)
+    out["versions"] = versions()
+    out["run_dir"] = str(run_dir)
+    return out
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+def _model_sections(plan: RunPlan, state: TrainState | None) -> dict[str, Any]:
+    cfg, method = plan.cfg, plan.method
+    density = method.density() if method is not None else {}
+    rows = layer_rows(plan.table, density, plan.sparse)
+    total, nonzero = params(plan.model, rows)
+    backend = getattr(method, "backend", None)
+    sparsity = sparsity_section(plan.s, plan.s_eff, rows)
+    sparsity["distribution"] = str(cfg.distribution.name)
+    sparsity["backend"] = {"name": str(cfg.sparse.backend),
+                           "condensed_layers": backend.names() if backend else []}
+    out: dict[str, Any] = {
+        "model": {"name": str(cfg.model.name), "ift": str(cfg.ift.name), "params_total": total,
+                  "params_nonzero": nonzero, "ift_info": describe_ift(cfg.ift, plan.s, plan.model)},
+        "sparsity": sparsity,
+        "flops": {"dense_baseline_fwd": plan.baseline.dense_fwd(),
+                  "model_dense_fwd": plan.table.dense_fwd(),
+                  "sparse_fwd": plan.table.sparse_fwd(density),
+                  "train_total": state.train_flops if state is not None else 0.0}}
+    if plan.iso is not None:
+        out["isoflop"] = {"target_fwd": plan.iso.target, "found_fwd": plan.iso.flops,
+                          "rel_error": plan.iso.rel_error, "iterations": plan.iso.iterations}
+    return out
+
+
+def dry_run(plan: RunPlan, run_dir: Path, t0: float) -> dict[str, Any]:
+    """Print and save the layer table of a dry run; its summary (status ``dry_run``)."""
+    rows = layer_rows(plan.table, plan.method.density(), plan.sparse, baseline=plan.baseline)
+    (run_dir / "layers.csv").write_text(layer_table_csv(rows))
+    print(layer_table_text(rows))
+    if plan.iso is not None:
+        print(f"Iso-FLOP: s={plan.s} -> effective sparsity {plan.iso.sparsity:.6f}; sparse "
+              f"fwd {plan.iso.flops:.6g} vs dense baseline {plan.iso.target:.6g} FLOPs "
+              f"(rel. error {plan.iso.rel_error:.2e})")
+    return build(plan, None, "dry_run", None, t0, run_dir)
 
 
 def layer_rows(table: LayerTable, density: Mapping[str, float], sparse: Sequence[str],

@@ -1,8 +1,8 @@
-"""The training loop: AMP, channels_last, optional compile, accumulation, eval, checkpoints.
+"""The training loop: epochs of :class:`~sparse_runner.step.TrainStep`, eval, checkpoints.
 
 It knows nothing about which sparsity method runs: the method sees the loop only through the
-hooks of :class:`~sparse_runner.sparsity.base.SparsityMethod`. Every epoch ends with an
-evaluation and an atomic ``last.pt``; a better test accuracy also writes ``best.pt``.
+hooks that the step calls. Every epoch ends with an evaluation and an atomic ``last.pt``; a
+better test accuracy also writes ``best.pt``.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .errors import TrainingFailed
 from .flops import LayerTable, train_flops_per_sample
 from .loggers import Loggers
 from .sparsity import SparsityMethod
+from .step import TrainStep
 
 
 class Interrupted(Exception):
@@ -46,7 +47,7 @@ class TrainState:
 
 @dataclass
 class TrainSetup:
-    """Static facts of the run the loop needs (resolved by run.py)."""
+    """Static facts of the run the loop needs (from the plan, resolved by run.py)."""
 
     epochs: int
     steps_per_epoch: int
@@ -61,9 +62,9 @@ class TrainSetup:
     checkpoint_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)  # saved with every checkpoint
 
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+
+def _train_stats(out: Tensor, y: Tensor) -> dict[str, Tensor]:
+    return {"correct": topk_correct(out, y, (1,))[0]}
 
 
 def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
@@ -83,6 +84,10 @@ class Trainer:
         self.forward = model if forward is None else forward  # possibly torch.compile'd (no bool())
         self.lr_at, self.table, self.setup, self.loggers = lr_at, table, setup, loggers
         self.state = TrainState()
+        self.train_step = TrainStep(
+            model, method, optimizer, self._loss, grad_accum=setup.grad_accum,
+            forward=self.forward, lr_at=lr_at, stats=_train_stats, autocast=self._autocast,
+            prep=self._prep)
         self._fwd_flops = table.sparse_fwd(method.density())
         self._stop = False
         self._epoch_t0: float | None = None
@@ -168,7 +173,6 @@ class Trainer:
         s, st = self.setup, self.state
         self.model.train()
         start_step = st.step - epoch * s.steps_per_epoch
-        micro = s.grad_accum
         part = st.partial if start_step > 0 else {}
         run_loss = torch.tensor(part.get("loss_sum", 0.0), device=s.device)
         run_correct = torch.tensor(int(part.get("correct", 0)), device=s.device)
@@ -179,23 +183,15 @@ class Trainer:
                    disable=not s.progress if s.progress is not None else None, leave=False,
                    unit="step", dynamic_ncols=True)
         t_last, n_last = time.perf_counter(), 0
-        batches = self.data.train.batches(epoch, start_step * micro)
+        batches = self.data.train.batches(epoch, start_step * s.grad_accum)
         for _ in range(start_step, s.steps_per_epoch):
-            batch_n = 0
-            self.method.before_step(st.step)
-            for _m in range(micro):
-                x, y = next(batches)
-                with self._autocast():
-                    out = self.forward(self._prep(x))
-                    loss = F.cross_entropy(out.float(), y, label_smoothing=s.label_smoothing)
-                (loss / micro).backward()
-                self.method.after_backward(st.step)
-                bad |= ~torch.isfinite(loss.detach())
-                run_loss += loss.detach() * y.numel()
-                run_correct += topk_correct(out.detach(), y, (1,))[0]
-                batch_n += y.numel()
+            res = self.train_step(st.step, batches)
+            bad |= ~res.finite
+            run_loss += res.loss_sum
+            run_correct += res.stats["correct"]
+            batch_n = res.samples
             run_n += batch_n
-            self._optimizer_step(batch_n)
+            self._account(batch_n, res.event)
             bar.update(1)
             check = s.device.type == "cpu" or st.step % s.log_every == 0
             if check and bool(bad):
@@ -220,15 +216,12 @@ class Trainer:
             self._fail(float(run_loss / max(run_n, 1)), epoch)
         return {"loss": run_loss.item() / max(run_n, 1), "acc1": 100.0 * run_correct.item() / max(run_n, 1)}
 
-    def _optimizer_step(self, batch_n: int) -> None:
+    def _loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(out, y, label_smoothing=self.setup.label_smoothing)
+
+    def _account(self, batch_n: int, event: dict[str, Any] | None) -> None:
+        """Training FLOPs of the step just taken; a mask change re-prices the forward."""
         st = self.state
-        lr = self.lr_at(st.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if self.method.before_optimizer_step(st.step):
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        event = self.method.after_optimizer_step(st.step)
         st.train_flops += train_flops_per_sample(self._fwd_flops) * batch_n
         st.train_flops += self.method.extra_flops(st.step, batch_n)
         st.step += 1

@@ -1,8 +1,9 @@
 """Helpers shared by the sparse-training tests (plain imports, no conftest magic).
 
-A "stack" is a bare module holding weights of given shapes (conv 4-D or linear 2-D); the
-methods only see parameters, a LayerTable and the hooks, so no forward pass is needed and the
-loop can feed arbitrary gradients.
+A "stack" is a bare module holding weights of given shapes (conv 4-D or linear 2-D) whose
+forward is a probe: fed a list of tensors G, it returns sum_j <w_j, G_j>, so the loss gradient of
+weight j is exactly G_j. The tests drive the real training step (sparse_runner.step) with
+arbitrary gradients that way.
 """
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from sparse_runner.flops import Layer, LayerTable
-from sparse_runner.sparsity import SetupContext, SparsityMethod, build_method
+from sparse_runner.methods import build_method
+from sparse_runner.sparsity import SetupContext, SparsityMethod
+from sparse_runner.step import TrainStep
 
 
 class Stack(nn.Module):
     def __init__(self, shapes: Sequence[Sequence[int]], gen: torch.Generator) -> None:
         super().__init__()
         self.ws = nn.ParameterList([nn.Parameter(torch.randn(*s, generator=gen)) for s in shapes])
+
+    def forward(self, grads: Sequence[Tensor]) -> Tensor:
+        return sum((w * g).sum() for w, g in zip(self.ws, grads))
 
     @property
     def names(self) -> list[str]:
@@ -28,7 +34,7 @@ class Stack(nn.Module):
 
 def table_of(model: Stack) -> LayerTable:
     """Layer table with 2 FLOPs per weight per sample (a 1x1 spatial output)."""
-    return LayerTable(tuple(Layer(n, tuple(p.shape), 2 * p.numel(), "conv" if p.ndim == 4 else "linear")
+    return LayerTable(tuple(Layer(n, tuple(p.shape), 2 * p.numel())
                             for n, p in zip(model.names, model.ws)))
 
 
@@ -54,17 +60,17 @@ def make(method: str, shapes: Sequence[Sequence[int]], s: float, *, total_steps:
 
 def step(model: Stack, method: SparsityMethod, opt: torch.optim.Optimizer, i: int,
          grad: Callable[[int, int, Tensor], Tensor] | None = None, micro: int = 1) -> dict | None:
-    """One optimizer step exactly as train.py calls the hooks, with random dense gradients."""
+    """Optimizer step ``i`` through the real training step; the micro-batches' gradients (random
+    unless ``grad`` gives them) add up in ``p.grad`` before the optimizer and the method see them."""
     gen = torch.Generator().manual_seed(1000 + i)
-    for _ in range(micro):
-        for j, p in enumerate(model.ws):
-            g = grad(i, j, p) if grad is not None else torch.randn(p.shape, generator=gen)
-            p.grad = g.clone() if p.grad is None else p.grad + g
-        method.after_backward(i)
-    if method.before_optimizer_step(i):
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return method.after_optimizer_step(i)
+
+    def batches():
+        for _ in range(micro):
+            gs = [grad(i, j, p) if grad is not None else torch.randn(p.shape, generator=gen)
+                  for j, p in enumerate(model.ws)]
+            yield [g * micro for g in gs], None   # the step averages micro-batches: undo it
+
+    return TrainStep(model, method, opt, lambda out, y: out, grad_accum=micro)(i, batches()).event
 
 
 def optimizer_state(opt: torch.optim.Optimizer, p: nn.Parameter) -> list[Tensor]:

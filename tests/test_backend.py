@@ -8,7 +8,8 @@ from torch import nn
 from conftest import cli, run_tiny
 from sparse_runner.errors import UserError
 from sparse_runner.flops import trace_layers
-from sparse_runner.sparsity import SetupContext, build_method
+from sparse_runner.methods import build_method
+from sparse_runner.sparsity import SetupContext
 from sparse_runner.sparsity.backend import CondensedLayer, apply_backend
 
 SPARSE = ["c1.weight", "c2.weight", "fc.weight"]

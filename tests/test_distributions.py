@@ -1,4 +1,4 @@
-"""Layer-wise distributions: the ERK reference table (algorithms.md §1.3) and exact budgets."""
+"""Layer-wise distributions: the ERK reference table (google-research/rigl) and exact budgets."""
 from __future__ import annotations
 
 import math

@@ -9,19 +9,20 @@ import torch
 
 from sparse_helpers import make, step
 from sparse_runner.errors import UserError
-from sparse_runner.sparsity import build_method
-from sparse_runner.sparsity.dst import DSTOptions, Schedule, topk_indices
+from sparse_runner.methods import build_method
+from sparse_runner.sparsity.schedules import Schedule
+from sparse_runner.sparsity.topk import topk_indices
 
 SHAPES = [(8, 4, 3, 3), (12, 20), (6, 12)]
 
 
 def test_schedule_steps_and_fractions():
-    sch = Schedule.build(DSTOptions(delta_t=4, t_end=0.75, alpha=0.3, grad_accumulation_n=2), 20)
+    sch = Schedule(delta_t=4, t_end=15, alpha=0.3, anneal="cosine", accumulate=2)
     assert sch.t_end == 15 and sch.n_updates() == 3
     assert [i for i in range(20) if sch.is_update(i)] == [3, 7, 11]          # after t = 4, 8, 12
     assert [i for i in range(20) if sch.needs_grad(i)] == [2, 3, 6, 7, 10, 11]
     assert sch.drop_fraction(3) == pytest.approx(0.15 * (1 + math.cos(math.pi * 4 / 15)))
-    const = Schedule.build(DSTOptions(delta_t=4, anneal="constant", alpha=0.2), 20)
+    const = Schedule(delta_t=4, t_end=15, alpha=0.2, anneal="constant", accumulate=1)
     assert const.drop_fraction(11) == 0.2
 
 

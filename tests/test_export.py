@@ -10,8 +10,8 @@ from sparse_runner import checkpoint as ckpt
 from sparse_runner import report
 from sparse_runner.errors import UserError
 from sparse_runner.sparsity import random_mask
-from sparse_runner.sparsity.export import (from_condensed, from_csr, main, storage_bytes, to_condensed,
-                                           to_csr)
+from sparse_runner.export.formats import from_condensed, from_csr, to_condensed, to_csr
+from sparse_runner.export.report import main, storage_bytes
 from sparse_runner.sparsity.fanin import constant_fanin_mask
 
 

@@ -8,7 +8,8 @@ import pytest
 from zoo_helpers import Driver, context, tiny_mlp
 
 from sparse_runner.errors import UserError
-from sparse_runner.sparsity import build_method, planned_nnz
+from sparse_runner.methods import build_method
+from sparse_runner.sparsity import planned_nnz
 
 
 def cubic(s_i: float, s_f: float, u: int, u0: int, uf: int) -> float:

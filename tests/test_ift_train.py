@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ift_helpers import one_thread  # noqa: F401 (fixture)
-from sparse_runner.sparsity import METHODS
+from sparse_runner.methods import METHODS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,8 @@ from sparse_runner.errors import UserError
 from sparse_runner.ift.survey import MEMBERS, Survey, search
 from sparse_runner.isoflop import isoflop_sparsity
 from sparse_runner.run import run
-from sparse_runner.sparsity import METHODS, SparsityMethod, build_method, planned_nnz
+from sparse_runner.methods import METHODS, build_method
+from sparse_runner.sparsity import SparsityMethod, planned_nnz
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

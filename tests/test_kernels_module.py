@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import sparse_runner
-from sparse_runner.kernels import (CSRLinear, SparseLinear, condense_mask, export_condensed,
-                                   export_csr)
+from sparse_runner.export import CSRLinear, export_condensed, export_csr
+from sparse_runner.kernels import SparseLinear, condense_mask
 
 
 def masked_reference(layer: SparseLinear, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from scipy.optimize import linprog
 from zoo_helpers import Driver, context, tiny_mlp
 
 from sparse_runner.errors import UserError
-from sparse_runner.sparsity import build_method
+from sparse_runner.methods import build_method
 from sparse_runner.sparsity.nm_solver import (make_tiles, nm_nnz, row_nm_mask, solve_exact,
                                               solve_greedy, transposable_mask)
 
@@ -78,7 +78,7 @@ def test_exact_solver_matches_the_lp_optimum_and_beats_greedy(n):
 
 
 def test_greedy_never_violates_the_constraint_even_with_ties():
-    """Ties and zeros are where a greedy without repair gets stuck (reference bug, §12)."""
+    """Ties and zeros are where a greedy without repair gets stuck (a bug of the reference implementation)."""
     cases = [torch.ones(16, 16), torch.zeros(8, 24), torch.randint(0, 3, (24, 40)).float(),
              torch.eye(16).repeat(1, 2)]
     for w in cases:

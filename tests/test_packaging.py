@@ -38,7 +38,8 @@ def test_installed_wheel_runs_from_another_directory(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(wheel)], check=True, capture_output=True)
     assert (site / "sparse_runner" / "conf" / "config.yaml").is_file()
-    assert list((site / "sparse_runner" / "conf" / "method").glob("*.yaml"))
+    assert list((site / "sparse_runner" / "conf" / "model").glob("*.yaml"))
+    assert (site / "sparse_runner" / "methods" / "rigl.py").is_file()
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = ("import sys, sparse_runner, sparse_runner.cli as c; "
             "assert sparse_runner.__file__.startswith(sys.argv[1]), sparse_runner.__file__; "

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from zoo_helpers import context, digit_batches
 
-from sparse_runner.sparsity import build_method
-from sparse_runner.sparsity.force import keep_schedule
-from sparse_runner.sparsity.pai import keep_budget
+from sparse_runner.methods import build_method
+from sparse_runner.methods.force import keep_schedule
+from sparse_runner.sparsity.distributions import keep_budget
 
 
 def small_net() -> nn.Module:

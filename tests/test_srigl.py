@@ -8,7 +8,7 @@ import torch
 
 from sparse_helpers import make, step
 from sparse_runner.sparsity.fanin import constant_fanin, row_counts
-from sparse_runner.sparsity.srigl import srigl_layer
+from sparse_runner.methods.srigl import srigl_layer
 
 SHAPES = [(8, 6, 3, 3), (16, 40), (10, 16)]
 

@@ -1,5 +1,5 @@
-"""Helpers for the method-zoo tests: a tiny MLP on flattened digits and a minimal training loop
-that calls the method hooks exactly as ``sparse_runner.train`` does."""
+"""Helpers for the method-zoo tests: a tiny MLP on flattened digits, driven step by step through
+the real training step (sparse_runner.step)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,6 +11,7 @@ from torch import nn
 
 from sparse_runner.flops import trace_layers
 from sparse_runner.sparsity import SetupContext, SparsityMethod
+from sparse_runner.step import TrainStep
 
 
 def digit_batches(n: int = 12, size: int = 64, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
@@ -36,7 +37,7 @@ def context(model: nn.Module, s: float, total_steps: int, batches=None, **kw: An
 
 
 class Driver:
-    """``optimizer step`` by ``optimizer step``, with the loop's hook order (train.py)."""
+    """Optimizer step by optimizer step through :class:`TrainStep`, cycling over ``batches``."""
 
     def __init__(self, method: SparsityMethod, model: nn.Module, lr: float = 0.1,
                  batches=None) -> None:
@@ -44,18 +45,14 @@ class Driver:
         self.batches = batches if batches is not None else digit_batches()
         self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         method.attach_optimizer(self.opt)
+        self.train_step = TrainStep(model, method, self.opt, F.cross_entropy)
         self.step = 0
 
     def run(self, n: int, on_step=None) -> list[dict | None]:
         events = []
         for _ in range(n):
-            x, y = self.batches[self.step % len(self.batches)]
-            F.cross_entropy(self.model(x), y).backward()
-            self.method.after_backward(self.step)
-            if self.method.before_optimizer_step(self.step):
-                self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            events.append(self.method.after_optimizer_step(self.step))
+            batch = self.batches[self.step % len(self.batches)]
+            events.append(self.train_step(self.step, iter([batch])).event)
             if on_step is not None:
                 on_step(self.step, events[-1])
             self.step += 1

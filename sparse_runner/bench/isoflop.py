@@ -25,7 +25,7 @@ import torch
 
 from ..checkpoint import atomic_write_json
 from ..ift.survey import MEMBERS, PAPER_S, Survey, search
-from ..sparsity import build_method
+from ..methods import build_method
 from ..summary import versions
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import platform
 import statistics
 import sys
 import warnings
@@ -29,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.benchmark import Timer
+
+from ..environment import device_name, versions
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -127,7 +128,8 @@ def _dense(w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> nn.Module:
 def _layers(w: torch.Tensor, mask: torch.Tensor, b: torch.Tensor,
             args: argparse.Namespace, bench: str) -> dict[str, tuple[str, Callable[[], nn.Module]]]:
     """impl name -> (dtype label, factory); dense rows only once (s-independent)."""
-    from sparse_runner.kernels import SparseLinear, export
+    from sparse_runner.export import CSRLinear
+    from sparse_runner.kernels import SparseLinear
 
     out: dict[str, tuple[str, Callable[[], nn.Module]]] = {}
     for d in args.dtypes:
@@ -139,7 +141,7 @@ def _layers(w: torch.Tensor, mask: torch.Tensor, b: torch.Tensor,
             for layout in ("csr", "coo"):
                 out[f"torch_{layout}_fp32"] = ("fp32", lambda lo=layout: _SparseParam(w, b, lo))
         else:
-            out["torch_csr_fp32"] = ("fp32", lambda: export.CSRLinear(w, b))
+            out["torch_csr_fp32"] = ("fp32", lambda: CSRLinear(w, b))
     for d in args.dtypes:
         out[f"cfi_{d}"] = (d, lambda d=d: SparseLinear.from_dense(
             w.to(_DTYPES[d]), b.to(_DTYPES[d]), mask=mask))
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace) -> dict:
                             ratio_vs_dense_fp32=round(ms / dense, 4) if dense else None)
                 cases.append(case)
                 _print_case(case)
-    return {"device": _device_name(device), "versions": _versions(),
+    return {"device": device_name(device), "versions": versions(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "threads": torch.get_num_threads(), "kernels": build.status(),
             "ratio_definition": "median_ms / median_ms of dense_fp32, same bench and batch",
@@ -242,27 +244,6 @@ def _print_case(c: dict) -> None:
     extra = f"ratio {ratio:7.3f}  speedup {1 / ratio:6.2f}x" if ratio else ""
     print(f"{c['bench']:5s} b={c['batch']:<5d} s={c['s']:<5} {c['impl']:16s} "
           f"{c['median_ms']:10.3f} ms {extra}", flush=True)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
-
-
-def _versions() -> dict[str, str | None]:
-    import sparse_runner
-
-    return {"torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "sparse_runner": sparse_runner.__version__}
 
 
 def main(argv: list[str]) -> int:

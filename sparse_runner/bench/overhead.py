@@ -21,7 +21,6 @@ import copy
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -30,11 +29,13 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
+from ..environment import device_name, versions
 from ..flops import trace_layers
 from ..models import build_model
 from ..optim import build_optimizer
-from ..sparsity import SetupContext, SparsityMethod, build_method, select_sparse
+from ..methods import build_method
+from ..sparsity import SetupContext, SparsityMethod, select_sparse
+from ..step import TrainStep
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -59,7 +60,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Bench:
-    """One model + optimizer + method, stepped exactly as train.py calls the hooks."""
+    """One model + optimizer + method, stepped by the training loop's own step."""
 
     def __init__(self, model: torch.nn.Module, method: SparsityMethod, ctx: SetupContext,
                  opt_cfg: dict, batch: tuple[torch.Tensor, torch.Tensor], sync: Callable[[], None]):
@@ -67,18 +68,12 @@ class Bench:
         method.setup(model, ctx)
         self.optimizer = build_optimizer(opt_cfg, model)
         method.attach_optimizer(self.optimizer)
+        self.train_step = TrainStep(model, method, self.optimizer, F.cross_entropy)
         self.step = 0
 
     def one_step(self) -> float:
         t0 = time.perf_counter()
-        x, y = self.batch
-        loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        self.method.after_backward(self.step)
-        if self.method.before_optimizer_step(self.step):
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.method.after_optimizer_step(self.step)
+        self.train_step(self.step, iter([self.batch]))
         self.sync()
         self.step += 1
         return time.perf_counter() - t0
@@ -120,10 +115,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = args.delta_t
     return {
         "benchmark": "overhead", "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "device": _device(device), "threads": torch.get_num_threads(),
+        "device": device_name(device), "threads": torch.get_num_threads(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "sparse_runner": __version__},
+        "versions": versions(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "sparse_layers": len(sparse), "sparse_weights": sum(table[s].numel for s in sparse),
         "dense_steps_per_s": 1 / t_d, "sparse_steps_per_s": 1 / t_r,
@@ -135,12 +129,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mask_update_in_steps_min": (min(r_update) - min(r_step)) / min(d_step),
         "raw_s": {"dense_step": d_step, "sparse_step": r_step, "sparse_update_step": r_update},
     }
-
-
-def _device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,8 @@ from ..errors import UserError
 from ..flops import LayerTable, trace_layers
 from ..isoflop import IsoFlopResult, isoflop_sparsity
 from ..models import build_model
-from ..sparsity import SparsityMethod, build_method, select_sparse
+from ..methods import build_method
+from ..sparsity import SparsityMethod, select_sparse
 from . import build_ift_model
 
 # (in_channels, num_classes, image size) of the datasets the runner ships; data loaders report

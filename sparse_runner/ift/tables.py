@@ -15,7 +15,8 @@ import argparse
 from typing import Any, Sequence
 
 from ..flops import human
-from ..sparsity import build_method, planned_nnz
+from ..methods import build_method
+from ..sparsity import planned_nnz
 from . import describe_ift
 from .survey import MEMBERS, PAPER_S, Member, Survey, search
 

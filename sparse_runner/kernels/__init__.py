@@ -1,8 +1,7 @@
 """Constant fan-in sparse linear layers backed by compiled CPU/CUDA kernels.
 
 ``SparseLinear`` (also ``sparse_runner.SparseLinear``) is the layer; ``cfi_linear`` the
-functional form; ``export_condensed`` / ``export_csr`` swap masked ``nn.Linear`` layers of a
-trained model for inference modules. The kernels are the ``torch.ops.sparse_run.cfi_*``
+functional form (inference export of trained models: :mod:`sparse_runner.export`). The kernels are the ``torch.ops.sparse_run.cfi_*``
 operators (ops.py), built on first use (build.py: ``SPARSE_RUN_NO_EXT``, AOT build command)
 with a pure-PyTorch fallback (reference.py).
 """
@@ -10,9 +9,7 @@ from __future__ import annotations
 
 from .build import ensure as load
 from .build import status
-from .export import CSRLinear, export_condensed, export_csr
 from .ops import cfi_linear
 from .sparse_linear import SparseLinear, condense_mask
 
-__all__ = ["CSRLinear", "SparseLinear", "cfi_linear", "condense_mask", "export_condensed",
-           "export_csr", "load", "status"]
+__all__ = ["SparseLinear", "cfi_linear", "condense_mask", "load", "status"]

@@ -1,27 +1,19 @@
-"""Sparse training: masks, layer-wise distributions and one module per method.
+"""The sparsity engine: what every method shares, and nothing that makes one method itself.
 
-``build_method(cfg.method)`` returns the :class:`SparsityMethod` registered under
-``cfg.method.name``; importing this package registers every method module listed below.
+``method.py`` (the hook interface and the registry), ``masks.py`` (exact-count masks kept at
+zero), ``filter.py`` (which layers are sparse), ``distributions.py`` (layer budgets),
+``fanin.py`` (constant fan-in), ``schedules.py`` and ``topk.py`` (pure maths), ``dst.py`` and
+``pruning.py`` (the shared updaters of dynamic sparse training and pruning at init),
+``gates.py``, ``shadow.py``, ``nm_solver.py`` (building blocks of L0 and N:M), ``backend.py``
+(the condensed execution backend), ``options.py`` (typed method options). The methods
+themselves live in :mod:`sparse_runner.methods`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import rigl, srigl, static  # noqa: F401  (register method=rigl, srigl, static)
-from . import set as _set  # noqa: F401  (registers method=set; aliased: keep the builtin set)
-from . import force, granet, grasp, l0, nm, snip  # noqa: F401  (the PaI / GraNet / N:M / L0 zoo)
-from .base import METHODS, SetupContext, SparsityMethod, planned_nnz, random_mask, register
 from .distributions import layer_density, layer_nnz
 from .filter import mark_dense, select_sparse
 from .masks import MaskManager
+from .method import METHODS, SetupContext, SparsityMethod, planned_nnz, random_mask, register
 
-
-def build_method(cfg: Mapping[str, Any]) -> SparsityMethod:
-    """Instantiate the method named by ``cfg['name']`` with the rest of ``cfg`` as options."""
-    cls = METHODS.get(str(cfg["name"]))
-    return cls({k: v for k, v in dict(cfg).items() if k != "name"})
-
-
-__all__ = ["METHODS", "MaskManager", "SetupContext", "SparsityMethod", "build_method",
-           "layer_density", "layer_nnz", "mark_dense", "planned_nnz", "random_mask", "register",
-           "select_sparse"]
+__all__ = ["METHODS", "MaskManager", "SetupContext", "SparsityMethod", "layer_density",
+           "layer_nnz", "mark_dense", "planned_nnz", "random_mask", "register", "select_sparse"]

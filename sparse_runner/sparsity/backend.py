@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..kernels import cfi_linear, condense_mask
 
 if TYPE_CHECKING:
-    from .base import SparsityMethod
+    from .method import SparsityMethod
     from .masks import MaskManager
 
 BACKENDS = ("masked", "condensed")

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 from fnmatch import fnmatchcase
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..flops import LayerTable
 
 Shape = Sequence[int]
 
@@ -27,6 +30,12 @@ SCORES: dict[str, Callable[[Shape, float], float]] = {
 def budget_nnz(numel: int, s: float) -> int:
     """Nonzeros allowed by sparsity s over ``numel`` weights: n - floor(s * n)."""
     return numel - math.floor(s * numel)
+
+
+def keep_budget(table: "LayerTable", sparse: Sequence[str], s: float, extra_dense: int) -> int:
+    """Nonzeros the sparse layers may hold at sparsity s (dense weights in the budget subtracted)."""
+    total = sum(table[n].numel for n in sparse)
+    return max(0, min(total, budget_nnz(total + extra_dense, s) - extra_dense))
 
 
 def solve_densities(shapes: Mapping[str, Shape], budget: float,

@@ -1,36 +1,18 @@
-"""Dynamic sparse training (DST): the schedule and the updater shared by SET, RigL and SRigL.
+"""Dynamic sparse training (DST): the updater shared by SET, RigL, SRigL and GraNet.
 
-A DST method only says how to score weights (``grow_score``) or, for SRigL, how to build the
-new masks (``new_masks``); this module owns everything else (algorithms.md §6, 7, 9). Choices
-where the reference repos disagree:
+A DST method (``sparse_runner/methods/``) says only how new masks are made (``new_masks``,
+usually through ``grow_score``); this class owns the rest: the schedule, dense-gradient
+accumulation, mask installation, ITOP, the dense-gradient FLOP charge and checkpoint state.
+docs/methods.md gives each choice where the reference implementations disagree:
 
-* Step index: hooks receive ``step`` = optimizer steps completed before the current one; the
-  schedule works on ``t = step + 1`` (rigl-torch / condensed-sparsity count it that way). Masks
-  change after step ``t`` when ``t % delta_t == 0`` and ``t < T_end``, with
-  ``T_end = int(t_end * total_steps)``. Drop fraction: ``alpha/2 (1 + cos(pi t / T_end))``
-  (``anneal: cosine``) or ``alpha`` (``anneal: constant``).
-* ``skip_optimizer_step_on_update`` defaults to False: the optimizer steps, then the masks
-  change (condensed-sparsity, Cerebras Sparse-IFT, GraNet). RigL TF / jaxpruner skip the step
-  instead; the flag gives that. We default to stepping because the Sparse-IFT and SRigL runs this
-  project reproduces did, and because no batch is wasted, so a DST run sees exactly the samples
-  its dense and static baselines see.
-* Dense gradient: the hot path zeroes gradients at pruned positions, so on the last
-  ``grad_accumulation_n`` optimizer steps up to an update :meth:`before_optimizer_step` first
-  adds ``grad / n`` to an accumulator (signed, as the references do; |.| is taken when scoring).
-  Each term is one optimizer step's gradient over all its micro-batches, so n counts optimizer
-  steps like the references' counters (n micro-batches when ``trainer.grad_accum=1``). Every
-  other step costs exactly one multi-tensor multiply.
-* New connections start at zero with zero optimizer state: grown positions were pruned and are
-  therefore already exact zeros (masks.py); dropped ones are zeroed by ``MaskManager.set_masks``.
-* Growth never picks a kept weight (kept scores are lifted to -inf), so nnz per layer is exact
-  (sparse_learning #22). A weight dropped and regrown by the same update is allowed (RigL TF,
-  rigl issue #5): it is simply never removed, keeps its value and optimizer state, and does not
-  count in ``changed`` (positions that really switched on).
-* ITOP rate: fraction of the sparse weights that were active at least once (Liu et al. 2021).
+* the optimizer steps, then the masks change (``skip_optimizer_step_on_update=false``);
+* on the last ``grad_accumulation_n`` optimizer steps up to an update the (signed) gradient
+  is averaged into an accumulator before it is masked; every other step costs one
+  multi-tensor multiply;
+* grown positions were pruned, so they start at exactly zero with zero optimizer state.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -38,104 +20,75 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
-from .base import SetupContext, SparsityMethod
+from ..flops import dense_grad_extra
+from .method import SetupContext, SparsityMethod
+from .options import MethodOptions, check, check_bool, check_choice, is_int, is_num
+from .schedules import Schedule
+from .topk import drop_and_grow
 
 ANNEALS = ("cosine", "constant")
 
 
-@dataclass(frozen=True)
-class DSTOptions:
-    """The schedule hyper-parameters (conf/method/{set,rigl,srigl}.yaml document each)."""
+@dataclass
+class UpdaterOptions(MethodOptions):
+    """The keys of every method on the DST updater (declared once)."""
 
-    delta_t: int = 100
-    t_end: float = 0.75
-    alpha: float = 0.3
-    anneal: str = "cosine"
-    grad_accumulation_n: int = 1
-    skip_optimizer_step_on_update: bool = False
-
-    @classmethod
-    def from_cfg(cls, method: str, cfg: Mapping[str, Any]) -> "DSTOptions":
-        """Read and check the options; each problem is a one-line UserError naming the fix."""
-        fields = cls.__dataclass_fields__
-        o = cls(**{k: cfg[k] for k in fields if k in cfg and cfg[k] is not None})
-        pre = f"method={method}:"
-        if not _is_int(o.delta_t) or o.delta_t < 1:
-            raise UserError(f"{pre} delta_t={o.delta_t} must be a positive integer (steps between "
-                            "mask updates, e.g. method.delta_t=100)")
-        if not _is_num(o.t_end) or not 0.0 < o.t_end <= 1.0:
-            raise UserError(f"{pre} t_end={o.t_end} must be in (0, 1]: the fraction of training "
-                            "after which masks stop changing, e.g. method.t_end=0.75")
-        if not _is_num(o.alpha) or not 0.0 <= o.alpha <= 1.0:
-            raise UserError(f"{pre} alpha={o.alpha} must be in [0, 1] (fraction of each layer's "
-                            "weights replaced per update, e.g. method.alpha=0.3)")
-        if o.anneal not in ANNEALS:
-            raise UserError(f"{pre} anneal={o.anneal!r}; valid: {', '.join(ANNEALS)}")
-        n = o.grad_accumulation_n
-        if not _is_int(n) or not 1 <= n <= o.delta_t:
-            raise UserError(f"{pre} grad_accumulation_n={n} must be an integer in [1, delta_t="
-                            f"{o.delta_t}]")
-        if not isinstance(o.skip_optimizer_step_on_update, bool):
-            raise UserError(f"{pre} skip_optimizer_step_on_update must be true or false")
-        return o
+    delta_t: int = 100                 # optimizer steps between mask updates (ΔT)
+    grad_accumulation_n: int = 1       # dense gradients of the last n steps before an update
+    skip_optimizer_step_on_update: bool = False   # true: the update replaces the step (RigL TF)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+@dataclass
+class DSTOptions(UpdaterOptions):
+    """... plus the drop-fraction schedule of SET, RigL and SRigL."""
+
+    t_end: float = 0.75                # masks stop changing after this fraction of training
+    alpha: float = 0.3                 # drop fraction at the start
+    anneal: str = "cosine"             # cosine: α/2·(1+cos(π t/T_end)) | constant: α
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def check_updater(name: str, o: UpdaterOptions) -> None:
+    """One-line errors for out-of-range updater options."""
+    check(is_int(o.delta_t) and o.delta_t >= 1, name, f"delta_t={o.delta_t} must be a positive "
+          "integer (steps between mask updates, e.g. method.delta_t=100)")
+    n = o.grad_accumulation_n
+    check(is_int(n) and 1 <= n <= o.delta_t, name,
+          f"grad_accumulation_n={n} must be an integer in [1, delta_t={o.delta_t}]")
+    check_bool(name, "skip_optimizer_step_on_update", o.skip_optimizer_step_on_update)
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """When masks change and by how much: a pure function of the step (resume needs no state)."""
-
-    delta_t: int
-    t_end: int            # T_end in optimizer steps
-    alpha: float
-    anneal: str
-    accumulate: int
-
-    @classmethod
-    def build(cls, o: DSTOptions, total_steps: int) -> "Schedule":
-        return cls(o.delta_t, int(o.t_end * total_steps), o.alpha, o.anneal, o.grad_accumulation_n)
-
-    def is_update(self, step: int) -> bool:
-        t = step + 1
-        return t % self.delta_t == 0 and t < self.t_end
-
-    def needs_grad(self, step: int) -> bool:
-        """True on the last ``accumulate`` steps up to and including an update step."""
-        t = step + 1
-        upcoming = -(-t // self.delta_t) * self.delta_t
-        return upcoming - t < self.accumulate and upcoming < self.t_end
-
-    def drop_fraction(self, step: int) -> float:
-        if self.anneal == "constant":
-            return self.alpha
-        return self.alpha / 2 * (1 + math.cos(math.pi * (step + 1) / self.t_end))
-
-    def n_updates(self) -> int:
-        return max(0, (self.t_end - 1) // self.delta_t)
+def check_dst(name: str, o: DSTOptions) -> None:
+    """... and for the drop-fraction schedule."""
+    check_updater(name, o)
+    check(is_num(o.t_end) and 0.0 < o.t_end <= 1.0, name, f"t_end={o.t_end} must be in (0, 1]: "
+          "the fraction of training after which masks stop changing, e.g. method.t_end=0.75")
+    check(is_num(o.alpha) and 0.0 <= o.alpha <= 1.0, name, f"alpha={o.alpha} must be in [0, 1] "
+          "(fraction of each layer's weights replaced per update, e.g. method.alpha=0.3)")
+    check_choice(name, "anneal", o.anneal, ANNEALS)
 
 
 class DynamicSparse(SparsityMethod):
-    """Shared DST updater; subclasses give the grow score (or the whole mask update)."""
+    """Shared DST updater; subclasses give ``grow_score`` (or override ``new_masks``)."""
 
+    Options: ClassVar[type] = DSTOptions
     needs_dense_grad: ClassVar[bool] = True
 
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg)
-        self.opts = DSTOptions.from_cfg(self.name, self.cfg)
-        self.schedule = Schedule.build(self.opts, 1)
+        self.schedule = self.make_schedule(1)
         self._acc: list[Tensor] | None = None       # dense-gradient accumulator (pending update)
         self._ever: list[Tensor] = []               # OR of every mask seen (ITOP)
         self._nnz: list[int] = []
         self._grad_extra = 0.0                      # (f_D - f_S) per sample at the current masks
         self._extra_now = 0.0
+
+    def check_options(self) -> None:
+        check_dst(self.name, self.opts)
+
+    def make_schedule(self, total_steps: int) -> Schedule:
+        o = self.opts
+        return Schedule(o.delta_t, int(o.t_end * total_steps), o.alpha, o.anneal,
+                        o.grad_accumulation_n)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def init_masks(self, model: nn.Module, ctx: SetupContext) -> None:
@@ -144,7 +97,7 @@ class DynamicSparse(SparsityMethod):
 
     def setup(self, model: nn.Module, ctx: SetupContext) -> None:
         self.init_masks(model, ctx)
-        self.schedule = Schedule.build(self.opts, ctx.total_steps)
+        self.schedule = self.make_schedule(ctx.total_steps)
         if ctx.total_steps > 1 and self.schedule.n_updates() == 0:
             warnings.warn(f"method={self.name}: no mask update will happen (delta_t="
                           f"{self.opts.delta_t} >= T_end={self.schedule.t_end} steps); lower "
@@ -171,11 +124,7 @@ class DynamicSparse(SparsityMethod):
         return self.update(step)
 
     def extra_flops(self, step: int, batch_size: int) -> float:
-        """Dense-gradient cost (Evci et al. 2020): a step that needs the dense gradient costs
-        ``2 f_S + f_D`` per sample instead of ``3 f_S`` (the weight gradient of the sparse layers
-        is computed densely), i.e. ``f_D - f_S`` extra, where f_D / f_S are the dense / sparse
-        forward FLOPs of the sparse layers. That holds on every accumulation step; SET needs no
-        gradient and costs nothing extra (its cheap top-k is not counted, like any non-matmul)."""
+        """The dense-gradient charge on every accumulation step (flops.dense_grad_extra)."""
         if self.dense_grad_wanted(step):
             return self._extra_now * batch_size
         return 0.0
@@ -220,7 +169,7 @@ class DynamicSparse(SparsityMethod):
 
     # ---- checkpoint --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """ITOP masks (bool) and, if an update is pending, the dense-gradient accumulator; the
+        """ITOP masks and, if an update is pending, the dense-gradient accumulator; the
         schedule position is a function of the step the loop saves."""
         names = self.masks.names
         state: dict[str, Any] = {"ever": {n: e.cpu().clone() for n, e in zip(names, self._ever)}}
@@ -251,48 +200,4 @@ class DynamicSparse(SparsityMethod):
 
     def _refresh(self) -> None:
         self._nnz = self.masks.nnz()
-        table = self.ctx.table
-        self._grad_extra = float(sum(table[n].fwd_flops * (1 - k / m.numel())
-                                     for n, k, m in zip(self.masks.names, self._nnz,
-                                                        self.masks.masks)))
-
-
-def topk_indices(score: Tensor, k: int, sample: int = 1 << 15, margin: float = 1.25) -> Tensor:
-    """Indices (unordered) of the ``k`` largest entries of a 1-D ``score``, exactly.
-
-    A full CPU top-k over millions of entries dominates a mask update, so for large inputs a
-    threshold t read off a strided sample selects the candidates above it (one comparison pass)
-    and the exact top-k runs on those only (~8x faster on a 2.4M-weight layer). Entries equal to
-    t fill up by lowest index (ties are common: dense gradients are exactly 0 where a 3x3 kernel
-    only ever sees padding); if fewer than k entries reach t, the full top-k runs instead.
-    """
-    n = score.numel()
-    if k == 0 or n <= 4 * sample or 4 * k > n:
-        return score.topk(k, sorted=False).indices
-    probe = score[:: n // sample]
-    rank = min(probe.numel(), math.ceil(probe.numel() * k * margin / n) + 16)
-    t = probe.kthvalue(probe.numel() - rank + 1).values
-    above = (score > t).nonzero().squeeze(1)
-    if above.numel() >= k:
-        return above[score[above].topk(k, sorted=False).indices]
-    at = (score == t).nonzero().squeeze(1)
-    if above.numel() + at.numel() < k:
-        return score.topk(k, sorted=False).indices
-    return torch.cat([above, at[: k - above.numel()]])
-
-
-@torch.no_grad()
-def drop_and_grow(mask: Tensor, drop_score: Tensor, grow_score: Tensor, n: int) -> Tensor:
-    """New mask: the ``n`` active positions with the lowest ``drop_score`` leave, then the ``n``
-    positions outside the kept set with the highest ``grow_score`` join (just-dropped ones are
-    eligible). The count of True entries is unchanged."""
-    flat = mask.flatten()
-    active = flat.nonzero().squeeze(1)
-    n = min(n, active.numel())
-    # sorted=False: only the sets matter, and unsorted top-k is up to 3x faster on the CPU
-    dropped = active[drop_score.flatten()[active].topk(n, largest=False, sorted=False).indices]
-    keep = flat.clone()
-    keep[dropped] = False
-    grow = topk_indices(grow_score.flatten().float().masked_fill(keep, -math.inf), n)
-    keep[grow] = True
-    return keep.view_as(mask)
+        self._grad_extra = dense_grad_extra(self.ctx.table, self.masks.density())

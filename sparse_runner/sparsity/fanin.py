@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..flops import LayerTable
-from .base import SetupContext, SparsityMethod, planned_nnz
+from .method import SetupContext, SparsityMethod, planned_nnz
 from .masks import MaskManager
 
 

@@ -83,12 +83,13 @@ class BernoulliSTE:
         return self.polarize * (p * (1 - p)).sum()
 
 
-def build_gate(name: str, cfg) -> HardConcrete | BernoulliSTE:
+def build_gate(name: str, beta: float = 2 / 3, gamma: float = -0.1, zeta: float = 1.1,
+               polarize: float = 0.0) -> HardConcrete | BernoulliSTE:
+    """The gate kind ``name`` (one of GATES) with its parameters."""
     if name == HardConcrete.name:
-        return HardConcrete(float(cfg.get("beta", 2 / 3)), float(cfg.get("gamma", -0.1)),
-                            float(cfg.get("zeta", 1.1)))
+        return HardConcrete(float(beta), float(gamma), float(zeta))
     if name == BernoulliSTE.name:
-        return BernoulliSTE(float(cfg.get("polarize", 0.0)))
+        return BernoulliSTE(float(polarize))
     raise ValueError(name)
 
 

@@ -62,11 +62,6 @@ class MaskManager:
             grads, scales = zip(*pairs)
             torch._foreach_mul_(list(grads), list(scales))
 
-    @torch.no_grad()
-    def mask_weights(self) -> None:
-        if self.params:
-            torch._foreach_mul_(self.params, self._scale)
-
     def nnz(self) -> list[int]:
         # count_nonzero: a bool .sum() upcasts to int64 and is ~10x slower on the CPU
         return [int(torch.count_nonzero(m)) for m in self.masks]

@@ -2,7 +2,7 @@
 
 The weight, viewed as a matrix ``[out, in*kh*kw]``, is cut into M x M tiles over (rows, cols)
 (not runs of M*M consecutive elements as in the reference code, which only makes the pattern
-transposable block-locally; algorithms.md §12). In a full tile every row and every column keeps
+transposable block-locally; docs/methods.md, "nm"). In a full tile every row and every column keeps
 exactly N weights, so the mask serves W and W^T alike.
 
 Ragged edges (rows or columns not a multiple of M): the remainder tile of r x c real entries
@@ -22,7 +22,7 @@ Both solvers work on all tiles of a layer at once (batched tensor ops, CPU or GP
   this integral solution; tests check it against scipy's ``linprog``).
 * ``greedy``: visit entries by decreasing |w| and keep one whenever its row and column still
   have room (no early ``break``: the reference greedy stops at the first blocked candidate and
-  under-fills, algorithms.md §12); then *repair*: while a tile is short, flip a shortest
+  under-fills; docs/methods.md); then *repair*: while a tile is short, flip a shortest
   (fewest-edges) alternating path from a row with room to a column with room. Such a path exists
   whenever the flow is below its maximum, so the result always has exact counts.
 """

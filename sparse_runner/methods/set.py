@@ -1,16 +1,19 @@
-"""SET (Mocanu et al. 2018): drop the smallest |w|, grow uniformly at random (algorithms.md §6)."""
+"""``method=set`` (Mocanu et al. 2018): drop the smallest |w|, grow uniformly at random.
+
+Random growth needs no gradient, so SET costs nothing beyond the masked step.
+"""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .base import register
-from .dst import DynamicSparse
+from ..sparsity.dst import DynamicSparse
+from ..sparsity.method import register
 
 
 @register("set")
 class SET(DynamicSparse):
-    """Random growth needs no gradient, so SET costs nothing beyond the masked step."""
+    """Growth by a uniform random score."""
 
     needs_dense_grad = False
 

@@ -1,38 +1,40 @@
-"""N:M structured sparsity, transposable by default (Hubara et al. 2021; algorithms.md §12).
+"""``method=nm``: N:M structured sparsity, transposable by default (Hubara et al. 2021).
 
-``method=nm`` uses M = ``method.m`` (default 8) and N = M·(1-s) (DESIGN.md): s=0.5 is 4:8,
-s=0.75 is 2:8, s=0.875 is 1:8, ``method.m=4 s=0.5`` is 2:4. ``method.preset=N:M`` sets M and
-checks that s matches. An s that gives no integer N is an error.
-
-Training follows the reference's dynamic recipe: the forward uses ``W ⊙ m`` and the gradient
-goes straight through to the dense W (STE); every ``update_every`` optimizer steps the mask is
-recomputed from |W| (the reference hard-codes 40 forward passes) with the fast greedy-plus-repair
-solver; the first mask comes from the exact min-cost-flow solver (:mod:`.nm_solver`, where the
-ragged-edge rule is documented). The reference trains with SR-STE's optimizer, which decays the
-masked-out dense weights: ``sr_ste_decay`` adds ``λ (1-m) ⊙ W`` to their gradient (SR-STE's
-λ_W = 2e-4; 0 turns it off). Gradients are therefore *not* masked: the dense W lives in a
-:class:`~.shadow.Shadow` and the parameter shows ``W ⊙ m`` between steps, so evaluation,
-checkpoints and summary.json all see the N:M weights.
-
-FLOPs: density is N/M on every sparse layer (exact counts, ragged tiles floored), so forward
-FLOPs are exact. The STE needs the dense weight gradient every step: ``f_D - f_S`` extra per
-sample, as RigL's dense-gradient steps. N:M sparsity is quantised, so the Iso-FLOP search is
-skipped (``isoflop_search = False``) and s is used as requested, as Sparse-IFT does for its
-4:8/2:8/1:8-T runs (appendix); the layer distribution must be uniform.
+M = ``method.m`` (default 8), N = M(1 - s): s=0.5 is 4:8, s=0.75 is 2:8, s=0.875 is 1:8,
+``method.m=4 s=0.5`` is 2:4; ``method.preset=N:M`` sets M and checks s; an s that gives no
+integer N is an error. The forward uses ``W * m`` and gradients go straight through to the
+dense W (kept in a shadow), with SR-STE's decay of the masked-out weights; the mask is
+recomputed from |W| every ``update_every`` steps (exact min-cost-flow solver first, greedy +
+repair after). The sparsity is quantised, so the Iso-FLOP search is skipped. Details:
+docs/methods.md.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..flops import LayerTable
-from .base import SetupContext, SparsityMethod, register
-from .masks import MaskManager
-from .nm_solver import SOLVERS, nm_nnz, row_nm_mask, transposable_mask
-from .shadow import Shadow
+from ..flops import LayerTable, dense_grad_extra
+from ..sparsity.masks import MaskManager
+from ..sparsity.method import SetupContext, SparsityMethod, register
+from ..sparsity.nm_solver import SOLVERS, nm_nnz, row_nm_mask, transposable_mask
+from ..sparsity.options import MethodOptions, check, check_choice
+from ..sparsity.shadow import Shadow
+
+
+@dataclass
+class NMOptions(MethodOptions):
+    m: int = 8                       # M (block size)
+    preset: Optional[str] = None     # optional "N:M" (e.g. 4:8): sets M and checks s = 1 - N/M
+    transposable: bool = True        # false: plain N:M along the input dimension of each row
+    init_solver: str = "exact"       # first mask: exact (min-cost flow) | greedy
+    update_solver: str = "greedy"    # periodic masks: greedy + repair (fast, exact) | exact
+    update_every: int = 40           # optimizer steps between mask recomputations (reference 40)
+    update_end: float = 1.0          # masks stop changing after this fraction of training
+    sr_ste_decay: float = 2.0e-4     # SR-STE decay λ of masked-out dense weights; 0 = plain STE
 
 
 def parse_preset(preset: Any) -> tuple[int, int] | None:
@@ -56,24 +58,24 @@ class NM(SparsityMethod):
     condensed_unsupported = ("recomputes its masks from the dense weights and needs their "
                              "gradient on every step (straight-through)")
 
+    Options = NMOptions
+
+    def check_options(self) -> None:
+        o = self.opts
+        check_choice(self.name, "init_solver", o.init_solver, tuple(SOLVERS))
+        check_choice(self.name, "update_solver", o.update_solver, tuple(SOLVERS))
+        self.preset = parse_preset(o.preset)
+        self.m = self.preset[1] if self.preset else int(o.m)
+        check(self.m >= 2, self.name, f"m={self.m} must be >= 2 (e.g. method.m=8)")
+        check(o.update_every >= 1, self.name, f"update_every={o.update_every} must be >= 1")
+
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg)
-        c = self.cfg
-        self.preset = parse_preset(c.get("preset"))
-        self.m = self.preset[1] if self.preset else int(c.get("m", 8))
-        self.transposable = bool(c.get("transposable", True))
-        self.init_solver = str(c.get("init_solver", "exact"))
-        self.update_solver = str(c.get("update_solver", "greedy"))
-        self.update_every = int(c.get("update_every", 40))
-        self.update_end = float(c.get("update_end", 1.0))
-        self.decay = float(c.get("sr_ste_decay", 2e-4))
-        for key, value in (("init_solver", self.init_solver), ("update_solver", self.update_solver)):
-            if value not in SOLVERS:
-                raise UserError(f"method=nm: {key}={value!r}; valid: {', '.join(SOLVERS)}")
-        if self.m < 2:
-            raise UserError(f"method=nm: m={self.m} must be >= 2 (e.g. method.m=8)")
-        if self.update_every < 1:
-            raise UserError(f"method=nm: update_every={self.update_every} must be >= 1")
+        o = self.opts
+        self.transposable = bool(o.transposable)
+        self.init_solver, self.update_solver = o.init_solver, o.update_solver
+        self.update_every, self.update_end = int(o.update_every), float(o.update_end)
+        self.decay = float(o.sr_ste_decay)
         self.n = 0
         self.shadow: Shadow | None = None
         self._grad_extra = 0.0
@@ -118,9 +120,7 @@ class NM(SparsityMethod):
         self.masks = MaskManager(model, ctx.sparse)
         self.shadow = Shadow(self.masks.params)
         self._install([self._mask(w, self.init_solver) for w in self.shadow.dense])
-        table = ctx.table
-        self._grad_extra = float(sum(table[name].fwd_flops * (1.0 - d)
-                                     for name, d in self.density().items()))
+        self._grad_extra = dense_grad_extra(ctx.table, self.density())
 
     def _install(self, masks: list[Tensor]) -> int:
         """Use ``masks`` from now on; the shown weights become W ⊙ m. Returns changed positions.

@@ -1,6 +1,7 @@
-"""The interface between the training loop and every sparse-training method.
+"""The interface between the training loop and every sparse-training method, and its registry.
 
-The loop never branches on the method's name: it calls these hooks in this order::
+The loop never branches on the method's name; :class:`~sparse_runner.step.TrainStep` calls
+these hooks in this order::
 
     method.prepare(model, ctx)               # before the Iso-FLOP search (PaI methods score here)
     method.setup(model, ctx)                 # before training: build masks at the searched s
@@ -28,6 +29,7 @@ from ..flops import LayerTable
 from ..registry import Registry
 from .distributions import layer_nnz
 from .masks import MaskManager
+from .options import MethodOptions, parse_options
 
 Batches = Callable[[], Iterator[tuple[Tensor, Tensor]]]
 
@@ -63,6 +65,7 @@ class SparsityMethod:
     """Base class: a dense no-op. Subclasses own a :class:`MaskManager` and override hooks."""
 
     name: ClassVar[str] = "base"
+    Options: ClassVar[type] = MethodOptions   # the method.* keys, with their defaults
     sparse: ClassVar[bool] = True     # False for dense training (no masks, s must be 0)
     # False when the method's sparsity is quantised (N:M): the Iso-FLOP search is skipped and
     # the requested s is used as is.
@@ -71,10 +74,14 @@ class SparsityMethod:
     condensed_unsupported: ClassVar[str] = ""
 
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
-        self.cfg = dict(cfg or {})
+        self.opts = parse_options(self.Options, self.name, dict(cfg or {}))
+        self.check_options()
         self.masks: MaskManager | None = None
         self.ctx: SetupContext | None = None
         self.backend: Any = None          # CondensedBackend when sparse.backend=condensed
+
+    def check_options(self) -> None:
+        """Validate ``self.opts`` (one-line :class:`UserError` per problem)."""
 
     # ---- planning (pure) -------------------------------------------------------------------
     def planned_density(self, table: LayerTable, sparse: list[str], s: float,
@@ -167,23 +174,21 @@ METHODS: Registry[type[SparsityMethod]] = Registry("method")
 
 
 def register(name: str):
-    """Class decorator: ``@register("rigl")`` makes ``method=rigl`` select the class."""
+    """Class decorator: ``@register("rigl")`` makes ``method=rigl`` select the class.
+
+    The class's ``Options`` dataclass becomes the Hydra schema of ``method=<name>`` (defaults
+    and valid keys in one place)."""
 
     def deco(cls: type[SparsityMethod]) -> type[SparsityMethod]:
         cls.name = name
-        return METHODS.register(name)(cls)
+        METHODS.register(name)(cls)
+        store_schema(name, cls.Options)
+        return cls
 
     return deco
 
 
-@register("dense")
-class Dense(SparsityMethod):
-    """Dense training: no masks, every hook a no-op."""
+def store_schema(name: str, options: type) -> None:
+    from hydra.core.config_store import ConfigStore
 
-    sparse = False
-
-    def planned_density(self, table, sparse, s, distribution, extra_dense=0):
-        return {}
-
-    def setup(self, model: nn.Module, ctx: SetupContext) -> None:
-        self.ctx = ctx
+    ConfigStore.instance().store(group="method", name=name, node=options(name=name))

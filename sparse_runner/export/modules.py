@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .sparse_linear import SparseLinear
+from ..kernels.sparse_linear import SparseLinear
+from .formats import to_csr
 
 __all__ = ["CSRLinear", "export_condensed", "export_csr"]
 
@@ -28,12 +29,13 @@ class CSRLinear(nn.Module):
                  mask: torch.Tensor | None = None) -> None:
         super().__init__()
         weight = weight.detach()
-        if mask is not None:
-            weight = weight * mask.to(device=weight.device, dtype=weight.dtype)
+        mask = weight != 0 if mask is None else mask.to(weight.device).bool()
         self.out_features, self.in_features = weight.shape
+        parts = to_csr(weight, mask)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": known, chosen
             warnings.simplefilter("ignore", UserWarning)
-            csr = weight.to_sparse_csr()
+            csr = torch.sparse_csr_tensor(parts["crow_indices"].long(), parts["col_indices"].long(),
+                                          parts["values"], size=tuple(weight.shape))
         self.register_buffer("weight", csr)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 

@@ -1,6 +1,6 @@
-"""GraSP (Wang et al. 2020): keep the weights whose removal least reduces the gradient flow.
+"""``method=grasp`` (Wang et al. 2020): keep the weights whose removal least reduces the gradient flow.
 
-Reference: alecwangcq/GraSP ``pruner/GraSP.py`` (algorithms.md §4). On a class-balanced sample
+Reference: alecwangcq/GraSP ``pruner/GraSP.py``. On a class-balanced sample
 (``samples_per_class`` x classes), with logits divided by the temperature T = 200:
 
 1. g = dL/dθ over all Conv/Linear weights;
@@ -16,14 +16,15 @@ with xavier before scoring; we score the initialisation that actually trains.
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .base import SetupContext, register
-from .pai import PruneAtInit, batch_stream
+from ..sparsity.method import SetupContext, register
+from ..sparsity.pruning import PruneAtInit, PruneAtInitOptions, batch_stream
 
 
 def balanced_sample(stream: Iterator[tuple[Tensor, Tensor]], per_class: int, num_classes: int,
@@ -47,20 +48,30 @@ def balanced_sample(stream: Iterator[tuple[Tensor, Tensor]], per_class: int, num
     return torch.cat(xs), torch.cat(ys)
 
 
+@dataclass
+class GraSPOptions(PruneAtInitOptions):
+    samples_per_class: int = 10        # class-balanced scoring sample (reference CIFAR-10: 10)
+    temperature: float = 200.0         # logits are divided by T before the loss (reference: 200)
+    chunk_size: Optional[int] = None   # examples per forward pass (null: the training batch)
+    max_batches: int = 200             # stop looking for rare classes after this many batches
+
+
 @register("grasp")
 class GraSP(PruneAtInit):
     """One-shot pruning at init by the Hessian-gradient product (keep the largest θ ⊙ Hg)."""
 
+    Options = GraSPOptions
+
     def score(self, model: nn.Module, ctx: SetupContext) -> tuple[list[Tensor], float]:
-        temp = float(self.cfg.get("temperature", 200.0))
+        temp = float(self.opts.temperature)
         stream = batch_stream(ctx)
         first = next(stream)
         with torch.no_grad():
             classes = int(model(first[0]).shape[1])
         x, y = balanced_sample(itertools.chain([first], stream),
-                               int(self.cfg.get("samples_per_class", 10)), classes,
-                               int(self.cfg.get("max_batches", 200)))
-        size = int(self.cfg.get("chunk_size") or first[0].shape[0])
+                               int(self.opts.samples_per_class), classes,
+                               int(self.opts.max_batches))
+        size = int(self.opts.chunk_size or first[0].shape[0])
         chunks = list(zip(x.split(size), y.split(size)))
         params = dict(model.named_parameters())
         leaves = {n: params[n].detach().clone().requires_grad_(True) for n in ctx.table.names}

@@ -1,74 +1,70 @@
-"""Learned masks: stochastic gates with an expected-L0 penalty whose weight a controller tunes.
+"""``method=l0``: learned masks, stochastic gates with an expected-L0 penalty (Louizos et al.
+2018, hard-concrete; or Bernoulli gates with a straight-through estimator).
 
-Louizos et al. 2018 (hard-concrete gates, default) or the lecture's Bernoulli gates with a
-straight-through estimator (``gate: bernoulli_ste``); see :mod:`.gates`. The loss is
-``L(W ⊙ z) + Σ_l λ_l E[‖z_l‖₀]``; nothing in the training loop changes:
-
-* the model's parameter holds ``W ⊙ z`` during forward/backward and the dense W between steps
-  (:class:`~.shadow.Shadow`); a forward pre-hook shows the sampled gates in train mode and the
-  deterministic test-time gates in eval mode. The gate gradient is then exact by the chain rule:
-  ``dL/da = Σ dL/dW_eff ⊙ W ⊙ dz/da`` (one small autograd pass over the gates per step) and
-  ``dL/dW = dL/dW_eff ⊙ z``. Gates train with their own Adam (``gate_lr``), saved for resume.
-* Controller: every layer follows a reference density that falls on the Zhu & Gupta cubic from
-  ``init_density`` to its final density (the configured ``distribution`` at s) by ``t_end`` of
-  training. After each step, λ_l moves by a PI law on the relative error of the expected
-  density ``mean P(z≠0)``: too dense -> λ grows, too sparse -> it shrinks, below 0 if needed
-  (the density is an equality constraint, so its multiplier may also open gates). λ is in
-  units of the data gradient: the penalty's gradient on the gates is rescaled to the RMS of
-  the data gradient of that layer, so λ = 1 balances the two whatever the model's scale.
-* At ``harden_at`` of training the masks become hard and exact: each layer keeps its
-  ``planned_nnz`` gates with the largest ``a`` (the largest P(z≠0)), the test-time gate values
-  are folded into the kept weights, and the rest of training fine-tunes a fixed sparse network,
-  which FLOPs, export and summary.json treat like any other mask.
-
-Iso-FLOP and FLOPs: the Iso-FLOP search matches the *planned* average forward FLOPs (reference
-schedule, then the exact final density), as for other dense-to-sparse methods (Sparse-IFT
-A.2); the true average depends on how closely the controller tracks, which training FLOPs
-measure (``density()`` is the expected gate density, refreshed every ``report_every`` steps).
-Hard-concrete adds no matmul FLOPs (zero gates get zero gradient); Bernoulli-STE needs the
-dense weight gradient every step, charged as ``f_D - f_S`` per sample, as RigL's dense steps.
+The parameter holds ``W * z`` during forward/backward and the dense W between steps (a
+:class:`~sparse_runner.sparsity.shadow.Shadow`); gates train with their own Adam. A PI
+controller tunes each layer's penalty weight so its expected density follows a cubic ramp to
+its final density; at ``harden_at`` the masks become hard with exact per-layer counts and the
+rest of training fine-tunes a fixed sparse network. Details: docs/methods.md.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..data.base import mix_seed
-from ..errors import UserError
-from ..flops import LayerTable
-from .base import SetupContext, SparsityMethod, planned_nnz, register
-from .gates import GATES, build_gate
-from .granet import cubic_ramp
-from .masks import MaskManager
-from .pai import top_per_layer
-from .shadow import Shadow
+from ..flops import LayerTable, dense_grad_extra
+from ..sparsity.gates import GATES, build_gate
+from ..sparsity.masks import MaskManager
+from ..sparsity.method import SetupContext, SparsityMethod, planned_nnz, register
+from ..sparsity.options import MethodOptions, check, check_choice
+from ..sparsity.schedules import cubic_ramp, ramp_progress
+from ..sparsity.shadow import Shadow
+from ..sparsity.topk import top_per_layer
+
+
+@dataclass
+class L0Options(MethodOptions):
+    gate: str = "hard_concrete"   # hard_concrete (Louizos et al.) | bernoulli_ste (straight-through)
+    beta: float = 2 / 3           # hard-concrete temperature β (paper: 2/3)
+    gamma: float = -0.1           # hard-concrete stretch interval (γ, ζ) (paper: -0.1, 1.1)
+    zeta: float = 1.1
+    polarize: float = 0.0         # bernoulli_ste: weight of Σ p(1-p), pushes probabilities to 0/1
+    init_density: float = 0.8     # expected gate density P(z != 0) at init
+    gate_lr: float = 0.2          # Adam learning rate of the gate parameters (tuned on digits)
+    lambda_init: float = 0.0      # initial penalty weight λ (units of the data gradient's RMS)
+    ki: float = 0.05              # PI controller: λ += ki * e + kp * (e - e_prev)
+    kp: float = 2.0
+    t_end: float = 0.6            # the reference density reaches its final value here
+    harden_at: float = 0.8        # masks become hard (exact per-layer counts) here
+    report_every: int = 20        # steps between density events (they refresh FLOP accounting)
 
 
 @register("l0")
 class L0(SparsityMethod):
     """Hard-concrete (or Bernoulli-STE) gates, PI-controlled L0 penalty, hard exact masks."""
 
+    Options = L0Options
     condensed_unsupported = "gates the weights in its own forward hook (masks change every step)"
+
+    def check_options(self) -> None:
+        o = self.opts
+        check_choice(self.name, "gate", o.gate, tuple(GATES))
+        check(0.0 < o.init_density <= 1.0, self.name, f"init_density={o.init_density} must be "
+              "in (0, 1]")
+        check(0.0 < o.t_end <= o.harden_at <= 1.0, self.name, f"need 0 < t_end={o.t_end} <= "
+              f"harden_at={o.harden_at} <= 1 (fractions of training)")
 
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg)
-        c = self.cfg
-        name = str(c.get("gate", "hard_concrete"))
-        if name not in GATES:
-            raise UserError(f"method=l0: gate={name!r}; valid: {', '.join(GATES)}")
-        self.gate = build_gate(name, c)
-        self.init_density = float(c.get("init_density", 0.8))
-        self.t_end = float(c.get("t_end", 0.6))
-        self.harden_at = float(c.get("harden_at", 0.8))
-        self.ki, self.kp = float(c.get("ki", 0.05)), float(c.get("kp", 2.0))
-        self.report_every = max(1, int(c.get("report_every", 20)))
-        if not 0.0 < self.init_density <= 1.0:
-            raise UserError(f"method=l0: init_density={self.init_density} must be in (0, 1]")
-        if not 0.0 < self.t_end <= self.harden_at <= 1.0:
-            raise UserError(f"method=l0: need 0 < t_end={self.t_end} <= harden_at="
-                            f"{self.harden_at} <= 1 (fractions of training)")
+        o = self.opts
+        self.gate = build_gate(o.gate, beta=o.beta, gamma=o.gamma, zeta=o.zeta, polarize=o.polarize)
+        self.init_density, self.t_end, self.harden_at = o.init_density, o.t_end, o.harden_at
+        self.ki, self.kp = float(o.ki), float(o.kp)
+        self.report_every = max(1, int(o.report_every))
         self.hardened = False
         self.alpha: list[Tensor] = []
         self.shadow: Shadow | None = None
@@ -87,8 +83,7 @@ class L0(SparsityMethod):
         return [max(self.init_density, d) for d in final]
 
     def _reference(self, start: float, final: float, t: int, total: int) -> float:
-        end = max(1, round(self.t_end * total))
-        return cubic_ramp(start, final, min(1.0, t / end))
+        return cubic_ramp(start, final, ramp_progress(t, round(self.t_end * total)))
 
     def _harden_step(self, total: int) -> int:
         return min(max(1, round(self.harden_at * total)), max(1, total))
@@ -119,8 +114,8 @@ class L0(SparsityMethod):
         for i, (p, d0) in enumerate(zip(self.masks.params, self._start)):
             noise = torch.randn(p.shape, generator=self.rng(-1, i)).to(p.device)
             self.alpha.append((self.gate.init_value(d0) + 0.01 * noise).requires_grad_(True))
-        self.gate_opt = torch.optim.Adam(self.alpha, lr=float(self.cfg.get("gate_lr", 0.2)))
-        self._lam = torch.full((len(self.alpha),), float(self.cfg.get("lambda_init", 0.0)))
+        self.gate_opt = torch.optim.Adam(self.alpha, lr=float(self.opts.gate_lr))
+        self._lam = torch.full((len(self.alpha),), float(self.opts.lambda_init))
         self._err = torch.zeros(len(self.alpha))
         self.shadow = Shadow(self.masks.params)
         self._step, self._shown, self._noise = 0, None, None
@@ -233,8 +228,7 @@ class L0(SparsityMethod):
     def extra_flops(self, step: int, batch_size: int) -> float:
         if self.hardened or not self.gate.dense_grad:
             return 0.0
-        table = self.ctx.table
-        return batch_size * sum(table[n].fwd_flops * (1.0 - d) for n, d in self.density().items())
+        return batch_size * dense_grad_extra(self.ctx.table, self.density())
 
     # ---- reporting / checkpoint --------------------------------------------------------------
     def density(self) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Pruning at initialisation (SNIP, GraSP, FORCE): score once on the dense init, keep the top.
 
-A subclass only computes per-weight *keys* (higher = keep) in :meth:`PruneAtInit.score`; this
-module does the rest, identically for all three:
+A method (``sparse_runner/methods/``) only computes per-weight *keys* (higher = keep) in
+:meth:`PruneAtInit.score`; this module does the rest, identically for all of them:
 
 * ``prepare`` (before the Iso-FLOP search, at the requested s) scores the model on training
   batches. The model is left exactly as it was: gradients are taken with
@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Any, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
 from ..flops import LayerTable
-from .base import SetupContext, SparsityMethod, planned_nnz
-from .distributions import budget_nnz
+from .distributions import keep_budget
 from .masks import MaskManager
+from .method import SetupContext, SparsityMethod, planned_nnz
+from .options import MethodOptions, check_choice
+from .topk import GlobalRanking, top_per_layer
 
 ALLOCATIONS = ("global", "per_layer")
 NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -100,75 +103,30 @@ def samples(batches: Sequence[tuple[Tensor, Tensor]]) -> int:
     return sum(int(y.shape[0]) for _, y in batches)
 
 
-def keep_budget(table: LayerTable, sparse: Sequence[str], s: float, extra_dense: int) -> int:
-    """Nonzeros the sparse layers may hold at sparsity s (dense weights in the budget subtracted)."""
-    total = sum(table[n].numel for n in sparse)
-    return max(0, min(total, budget_nnz(total + extra_dense, s) - extra_dense))
+@dataclass
+class PruneAtInitOptions(MethodOptions):
+    """Keys every pruning-at-init method shares."""
 
-
-def descending(key: Tensor, major: Tensor | None = None) -> Tensor:
-    """Stable descending order of ``key`` (flattened); ``major`` first if given (lexicographic)."""
-    order = key.flatten().float().argsort(descending=True, stable=True)
-    if major is not None:
-        order = order[major.flatten()[order].argsort(descending=True, stable=True)]
-    return order
-
-
-class GlobalRanking:
-    """All sparse weights in one stable descending order of their keys.
-
-    ``keys`` are per-layer float tensors; an optional ``major`` (per-layer integer tensors) is
-    compared first (lexicographic order), which Iter-SNIP uses to rank weights by the last
-    pruning iteration they survived.
-    """
-
-    def __init__(self, keys: Sequence[Tensor], major: Sequence[Tensor] | None = None) -> None:
-        sizes = [k.numel() for k in keys]
-        order = descending(torch.cat([k.detach().flatten() for k in keys]),
-                           None if major is None else torch.cat([m.flatten() for m in major]))
-        offsets = torch.tensor([0, *itertools.accumulate(sizes)], device=order.device)
-        self.order = order
-        self.layer = (torch.searchsorted(offsets, order, right=True) - 1).to(torch.int32)
-        self.offsets = offsets
-        self.sizes = sizes
-
-    def counts(self, k: int) -> list[int]:
-        """Nonzeros per layer when the top ``k`` weights are kept."""
-        c = torch.bincount(self.layer[:k], minlength=len(self.sizes))
-        return [int(v) for v in c.tolist()]
-
-    def masks(self, k: int, shapes: Sequence[torch.Size]) -> list[Tensor]:
-        keep = torch.zeros(int(self.offsets[-1]), dtype=torch.bool, device=self.order.device)
-        keep[self.order[:k]] = True
-        return [keep[int(a):int(b)].view(shape) for a, b, shape in
-                zip(self.offsets[:-1], self.offsets[1:], shapes)]
-
-
-def top_per_layer(keys: Sequence[Tensor], counts: Sequence[int],
-                  major: Sequence[Tensor] | None = None) -> list[Tensor]:
-    """Each layer keeps its ``count`` best weights (exact counts, same order as the ranking)."""
-    out = []
-    for i, (key, k) in enumerate(zip(keys, counts)):
-        flat = torch.zeros(key.numel(), dtype=torch.bool, device=key.device)
-        flat[descending(key, None if major is None else major[i])[:k]] = True
-        out.append(flat.view(key.shape))
-    return out
+    allocation: str = "global"   # global: one ranking over all sparse weights (papers) |
+                                 # per_layer: the counts of `distribution`, best keys per layer
 
 
 class PruneAtInit(SparsityMethod):
     """Shared pruning-at-init method; subclasses implement :meth:`score`."""
 
+    Options: ClassVar[type] = PruneAtInitOptions
+
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg)
-        self.allocation = str(self.cfg.get("allocation", "global"))
-        if self.allocation not in ALLOCATIONS:
-            raise UserError(f"method={self.name}: allocation={self.allocation!r}; valid: "
-                            f"{', '.join(ALLOCATIONS)}")
+        self.allocation = self.opts.allocation
         self.keys: list[Tensor] | None = None
         self.major: list[Tensor] | None = None
         self.ranking: GlobalRanking | None = None
         self.scoring_flops = 0.0
         self._names: list[str] = []
+
+    def check_options(self) -> None:
+        check_choice(self.name, "allocation", self.opts.allocation, ALLOCATIONS)
 
     def score(self, model: nn.Module, ctx: SetupContext) -> tuple[list[Tensor], float]:
         """Keys per sparse weight (ctx.sparse order; higher = keep) and the FLOPs spent."""

@@ -1,65 +1,61 @@
-"""SRigL (Lasby et al. 2024): RigL under constant fan-in, with dynamic neuron ablation (§9).
+"""``method=srigl`` (Lasby et al. 2024): RigL under constant fan-in, with dynamic neuron ablation.
 
-Every active output neuron (row of ``W.view(n_out, -1)``) has exactly k nonzero weights. At each
-update, per layer (as calgaryml/condensed-sparsity ``rigl_constant_fan.py``):
-
-1. ``n_prune = int(nnz * f_t)``, ``n_keep = nnz - n_prune``.
-2. Ablation: salient = top-``n_keep`` |w| of the active weights, union top-``n_prune`` |grad| over
-   the whole layer; a neuron with fewer than ``gamma = max(1, int(gamma_sal * k0))`` salient
-   weights is ablated (k0 = fan-in before ablation; ``gamma_sal >= 1`` is an absolute count).
-   gamma is lowered so that at least ``B // fan_in + 1`` neurons stay active (k never exceeds the
-   dense fan-in). The last sparse layer and ``no_ablation`` patterns are never ablated.
-3. ``k = B // n_active`` with B = the layer's budget ``k0 * n_out``. k0 is the floor or ceiling
-   of (distribution's nonzeros / n_out), chosen across layers so the sparse layers together meet
-   s to within one neuron row (fanin.fanin_counts); the reference floors every layer.
-4. Drop: keep the top-``n_keep`` |w| among the active weights of non-ablated neurons, then cap
-   each row at k by dropping its *smallest-magnitude* extras (the reference sorts the boolean
-   mask there, so which extras go is arbitrary: fixed here).
-5. Grow: each non-ablated row gets ``k - kept`` positions with the largest |dense grad| outside
-   its kept set (just-dropped positions eligible, as in RigL).
-
-Initialisation: constant fan-in random masks, then (``sparse_init``) weights drawn per neuron
-with variance 2 / k (std sqrt(2 / k)) -- the reference passes 2 / k as the std, a bug (see
-fanin.sparse_init_).
+Every active output neuron (row of ``W.view(n_out, -1)``) keeps exactly k nonzero weights. At
+each update, per layer: neurons with fewer than ``gamma_sal * k0`` salient weights (top |w| of
+the kept set union top |grad|) are ablated (never the last sparse layer); k is re-derived from
+the layer's budget over the surviving neurons; the kept set is capped at k per row by
+magnitude and each row regrows to k by |dense gradient|. Sparse init draws weights per neuron
+from N(0, 2/k) (the reference passes 2/k as the std: a bug). Details: docs/methods.md.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
 from ..flops import LayerTable
-from .base import SetupContext, register
-from .fanin import fanin_density, fanin_plan, install_constant_fanin, row_top, rows_cols, sparse_init_
-from .dst import topk_indices
-from .rigl import RigL
+from ..sparsity.dst import DSTOptions, DynamicSparse
+from ..sparsity.fanin import (fanin_density, fanin_plan, install_constant_fanin, row_top, rows_cols,
+                              sparse_init_)
+from ..sparsity.method import SetupContext, register
+from ..sparsity.options import check, check_bool, is_num
+from ..sparsity.topk import top_flat
+
+
+@dataclass
+class SRigLOptions(DSTOptions):
+    gamma_sal: float = 0.3      # a neuron with fewer than γ_sal·k salient weights is ablated (>= 1: a count)
+    ablation: bool = True       # dynamic neuron ablation (false: SRigL without ablation)
+    no_ablation: list[str] = field(default_factory=list)  # weight globs never ablated
+    sparse_init: bool = True    # re-initialise sparse weights per neuron from N(0, 2/k)
 
 
 @register("srigl")
-class SRigL(RigL):
+class SRigL(DynamicSparse):
     """Constant fan-in RigL; its ablation state is the set of all-zero rows of each mask."""
+
+    Options = SRigLOptions
 
     def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg)
-        c = self.cfg
-        self.gamma_sal = c.get("gamma_sal", 0.3)
-        self.ablation = c.get("ablation", True)
-        self.no_ablation = [str(p) for p in (c.get("no_ablation") or [])]
-        self.sparse_init = c.get("sparse_init", True)
-        if (not isinstance(self.gamma_sal, (int, float)) or isinstance(self.gamma_sal, bool)
-                or self.gamma_sal < 0):
-            raise UserError(f"method=srigl: gamma_sal={self.gamma_sal} must be >= 0 (a fraction "
-                            "of the fan-in below 1, an absolute count from 1), e.g. 0.3")
-        for key in ("ablation", "sparse_init"):
-            if not isinstance(getattr(self, key), bool):
-                raise UserError(f"method=srigl: {key} must be true or false")
+        o = self.opts
+        self.gamma_sal, self.ablation, self.sparse_init = o.gamma_sal, o.ablation, o.sparse_init
+        self.no_ablation = [str(p) for p in o.no_ablation]
         self._k0: list[int] = []
         self._budget: list[int] = []
         self._ablatable: list[bool] = []
+
+    def check_options(self) -> None:
+        super().check_options()
+        g = self.opts.gamma_sal
+        check(is_num(g) and g >= 0, self.name, f"gamma_sal={g} must be >= 0 (a fraction of the "
+              "fan-in below 1, an absolute count from 1), e.g. 0.3")
+        check_bool(self.name, "ablation", self.opts.ablation)
+        check_bool(self.name, "sparse_init", self.opts.sparse_init)
 
     def planned_density(self, table: LayerTable, sparse: list[str], s: float,
                         distribution: Mapping[str, Any], extra_dense: int = 0) -> dict[str, float]:
@@ -96,13 +92,6 @@ class SRigL(RigL):
     def state_dict(self) -> dict[str, Any]:
         """Adds the ablated neurons for inspection; on load they follow from the masks."""
         return {**super().state_dict(), "ablated": {n: a.cpu() for n, a in self.ablated().items()}}
-
-
-def top_flat(score: Tensor, n: int) -> Tensor:
-    """Bool mask (score's shape) of the ``n`` highest scores over the whole tensor."""
-    out = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-    out[topk_indices(score.flatten(), n)] = True
-    return out.view_as(score)
 
 
 def neurons_to_ablate(kept: Tensor, g: Tensor, n_prune: int, budget: int, k0: int,

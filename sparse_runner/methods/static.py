@@ -1,31 +1,37 @@
-"""Static sparse training: a random exact-count mask drawn once from the distribution.
+"""``method=static``: static sparse training: a random exact-count mask drawn once from the distribution.
 
 ``method.fan_in=constant`` draws a constant fan-in mask instead (every output neuron gets the
-same number of random incoming weights; see fanin.py), the layout the condensed kernels need.
+same number of random incoming weights; see sparsity/fanin.py), the layout the condensed kernels need.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from torch import nn
 
-from ..errors import UserError
 from ..flops import LayerTable
-from .base import SetupContext, SparsityMethod, register
-from .fanin import fanin_density, fanin_plan, install_constant_fanin
+from ..sparsity.fanin import fanin_density, fanin_plan, install_constant_fanin
+from ..sparsity.method import SetupContext, SparsityMethod, register
+from ..sparsity.options import MethodOptions, check_choice
 
 FAN_IN = ("unstructured", "constant")
+
+
+@dataclass
+class StaticOptions(MethodOptions):
+    fan_in: str = "unstructured"   # unstructured | constant (same k nonzeros per output neuron)
 
 
 @register("static")
 class Static(SparsityMethod):
     """Random mask per layer (counts from the distribution), fixed for the whole run."""
 
-    def __init__(self, cfg: Mapping[str, Any] | None = None) -> None:
-        super().__init__(cfg)
-        self.fan_in = str(self.cfg.get("fan_in") or "unstructured")
-        if self.fan_in not in FAN_IN:
-            raise UserError(f"method=static: fan_in={self.fan_in!r}; valid: {', '.join(FAN_IN)}")
+    Options = StaticOptions
+
+    def check_options(self) -> None:
+        check_choice(self.name, "fan_in", self.opts.fan_in, FAN_IN)
+        self.fan_in = self.opts.fan_in
 
     def planned_density(self, table: LayerTable, sparse: list[str], s: float,
                         distribution: Mapping[str, Any], extra_dense: int = 0) -> dict[str, float]:

@@ -1,0 +1,32 @@
+"""What ran the numbers: the device's name and the software versions (summary.json and every
+benchmark JSON record them the same way)."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+from . import __version__
+
+
+def versions() -> dict[str, str]:
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "sparse_runner": __version__, "cuda": str(torch.version.cuda)}
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (platform.processor() is often empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{cpu_model()} x{torch.get_num_threads()} threads"

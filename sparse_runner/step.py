@@ -1,0 +1,88 @@
+"""The one training step: every caller (the loop, the benchmarks, the tests) runs this code.
+
+One optimizer step calls the method's hooks in this order (the contract of
+:class:`~sparse_runner.sparsity.method.SparsityMethod`)::
+
+    method.before_step(step)
+    for each micro-batch: forward, loss, (loss / n_micro).backward(), method.after_backward(step)
+    learning rate <- lr_at(step)
+    if method.before_optimizer_step(step): optimizer.step()      # masks gradients; may skip
+    optimizer.zero_grad(set_to_none=True)
+    event = method.after_optimizer_step(step)                     # mask updates on schedule
+
+Losses, statistics and the non-finite flag stay on the device (no host sync per step).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .sparsity.method import SparsityMethod
+
+Batch = tuple[Any, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+StatsFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step produced (device tensors; the caller decides when to sync)."""
+
+    loss_sum: Tensor                   # sum over samples of the per-sample loss
+    samples: int
+    finite: Tensor                     # bool: every micro-batch loss was finite
+    stats: dict[str, Tensor] = field(default_factory=dict)   # sums, e.g. correct predictions
+    event: dict[str, Any] | None = None                      # the method's mask-update event
+
+
+class TrainStep:
+    """Forward/backward over ``grad_accum`` micro-batches, then the optimizer and the method."""
+
+    def __init__(self, model: nn.Module, method: SparsityMethod, optimizer: torch.optim.Optimizer,
+                 loss_fn: LossFn, *, grad_accum: int = 1, forward: Callable[[Any], Tensor] | None = None,
+                 lr_at: Callable[[int], float] | None = None, stats: StatsFn | None = None,
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                 prep: Callable[[Any], Any] = lambda x: x) -> None:
+        self.model, self.method, self.optimizer, self.loss_fn = model, method, optimizer, loss_fn
+        self.forward = model if forward is None else forward   # maybe torch.compile'd: no bool()
+        self.grad_accum, self.lr_at, self.stats = grad_accum, lr_at, stats
+        self.autocast, self.prep = autocast, prep
+
+    def __call__(self, step: int, batches: Iterator[Batch]) -> StepResult:
+        """Run optimizer step ``step`` (steps completed before this one) on the next batches."""
+        method, micro = self.method, self.grad_accum
+        method.before_step(step)
+        loss_sum, finite, n = None, None, 0
+        stats: dict[str, Tensor] = {}
+        for _ in range(micro):
+            x, y = next(batches)
+            with self.autocast():
+                out = self.forward(self.prep(x))
+                loss = self.loss_fn(out.float(), y)
+            (loss / micro).backward()
+            method.after_backward(step)
+            detached = loss.detach()
+            count = int(y.shape[0]) if isinstance(y, Tensor) and y.ndim else 1
+            loss_sum = detached * count if loss_sum is None else loss_sum + detached * count
+            ok = torch.isfinite(detached)
+            finite = ok if finite is None else finite & ok
+            if self.stats is not None:
+                for k, v in self.stats(out.detach(), y).items():
+                    stats[k] = v if k not in stats else stats[k] + v
+            n += count
+        self._optimizer_step(step)
+        event = method.after_optimizer_step(step)
+        return StepResult(loss_sum, n, finite, stats, event)
+
+    def _optimizer_step(self, step: int) -> None:
+        if self.lr_at is not None:
+            lr = self.lr_at(step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        if self.method.before_optimizer_step(step):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
