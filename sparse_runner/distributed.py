@@ -167,6 +167,26 @@ def init(backend: str, device_name: str, launch: Launch | None = None) -> Dist:
     return _current
 
 
+_finished = 0
+
+
+def finish_together(label: str, timeout_s: float = 300.0) -> None:
+    """Rank 0 has written ``label``'s outputs when this returns on any rank: the other ranks wait
+    (through the store, not a collective, so a rank that failed alone cannot deadlock it)."""
+    global _finished
+    if not _current.enabled or _store is None:
+        return
+    _finished += 1
+    key = f"sparse_run/finished/{_finished}/{label}"
+    if _current.rank == 0:
+        _store.set(key, "1")
+        return
+    try:
+        _store.wait([key], timedelta(seconds=timeout_s))
+    except Exception:  # rank 0 is gone or stuck: nothing left to wait for
+        pass
+
+
 def shutdown() -> None:
     """Leave the process group (after a final barrier, so no rank exits while rank 0 writes)."""
     global _current, _store

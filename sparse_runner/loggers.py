@@ -24,19 +24,22 @@ def _clean(value: Any) -> Any:
 class MetricsFile:
     """Append-only JSON lines, flushed per event so a crash loses nothing already logged."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled   # disabled: a data-parallel rank other than 0
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def truncate_after(self, step: int) -> None:
         """Drop events logged after ``step`` (they belong to the part a resume will redo)."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, event: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in event.items()}) + "\n")
 

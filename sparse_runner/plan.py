@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from . import ddp
+from . import distributed as dist
 from .data import Data, build_data
 from .errors import UserError
 from .flops import LayerTable, trace_layers
@@ -32,6 +34,7 @@ class RunPlan:
     s: float = 0.0                        # requested sparsity
     s_eff: float = 0.0                    # sparsity of the sparse layers after Iso-FLOP
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dist: dist.Dist = field(default_factory=lambda: dist.SINGLE)   # data-parallel ranks
     data: Data | None = None
     method: SparsityMethod | None = None
     model: torch.nn.Module | None = None
@@ -94,17 +97,22 @@ def build_plan(plan: RunPlan) -> RunPlan:
     cfg = plan.cfg
     validate(cfg)
     plan.s_eff = plan.s
-    plan.device = resolve_device(str(cfg.run.device))
+    plan.dist = dist.init(str(cfg.distributed.backend), str(cfg.run.device))
+    plan.device = plan.dist.device if plan.dist.enabled else resolve_device(str(cfg.run.device))
     t = cfg.trainer
     plan.data = build_data(cfg.dataset, batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
                            seed=cfg.seed, device=plan.device, num_workers=t.num_workers)
+    ddp.shard_data(plan.data, plan.dist, str(cfg.dataset.name))
     plan.method = build_method(cfg.method)
     _check_method(plan)
     _build_model(plan)
+    ddp.seed_rank(int(cfg.seed), plan.dist)
     plan.steps_per_epoch = len(plan.data.train) // t.grad_accum
     if plan.steps_per_epoch < 1:
+        ranks = f" x {plan.dist.world_size} ranks" if plan.dist.enabled else ""
         raise UserError(f"the training set ({plan.data.num_train} samples) is smaller than one "
-                        f"step of {t.batch_size * t.grad_accum}; lower trainer.batch_size")
+                        f"step of {t.batch_size * t.grad_accum}{ranks}; lower "
+                        "trainer.batch_size")
     plan.total_steps = t.epochs * plan.steps_per_epoch
     plan.method.prepare(plan.model, plan.context())
     _search_isoflop(plan)

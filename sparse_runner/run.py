@@ -16,6 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt
+from . import ddp
+from . import distributed as dist
 from . import summary as sm
 from .errors import TrainingFailed, UserError, one_line
 from .loggers import Loggers, MetricsFile, WandbMirror
@@ -30,16 +32,23 @@ FINGERPRINT_KEYS = ("model.name", "dataset.name", "method.name", "ift.name", "s"
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    return {k: OmegaConf.select(cfg, k) for k in FINGERPRINT_KEYS}
+    """What must match for a checkpoint to continue this run (the number of ranks too: it
+    fixes the global batch and so every step's samples)."""
+    return {**{k: OmegaConf.select(cfg, k) for k in FINGERPRINT_KEYS},
+            "world_size": dist.current().world_size}
 
 
 def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
     """Masks, optimizer, execution backend, schedule and loop for the planned run."""
-    cfg, t, model = plan.cfg, plan.cfg.trainer, plan.model
+    cfg, t, model, ranks = plan.cfg, plan.cfg.trainer, plan.model, plan.dist
     channels_last = _auto(t.channels_last, plan.device.type == "cuda")
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    model = plan.model = ddp.sync_bn(model, bool(t.sync_bn), ranks)
     plan.method.setup(model, plan.context())
+    mask_sync = str(cfg.distributed.mask_sync)
+    if ranks.enabled:
+        ddp.sync_initial_masks(plan.method, mask_sync)
     optimizer = build_optimizer(cfg.optimizer, model)
     plan.method.attach_optimizer(optimizer)
     apply_backend(str(cfg.sparse.backend), model, plan.method)
@@ -50,13 +59,16 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
         device=plan.device, amp_dtype=_amp_dtype(str(t.precision), plan.device),
         channels_last=channels_last, label_smoothing=float(t.label_smoothing),
         log_every=t.log_every, stop_after_steps=t.stop_after_steps,
-        progress=None if t.progress == "auto" else bool(t.progress),
+        progress=(None if t.progress == "auto" else bool(t.progress)) if ranks.is_main() else False,
         checkpoint_dir=run_dir / "checkpoints",
         extra={"fingerprint": fingerprint(cfg), "s_effective": plan.s_eff},
+        ranks=ranks, mask_sync=mask_sync,
     )
-    forward = torch.compile(model) if t.compile else model
+    forward = ddp.wrap(model, ranks, bool(cfg.distributed.find_unused_parameters))
+    forward = torch.compile(forward) if t.compile else forward
+    metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=ranks.is_main())
     return Trainer(model, plan.data, plan.method, optimizer, lr_at, plan.table, setup,
-                   Loggers(MetricsFile(run_dir / "metrics.jsonl")), forward)
+                   Loggers(metrics), forward)
 
 
 def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | None:
@@ -65,7 +77,7 @@ def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | N
     if path is None:
         return None
     payload = ckpt.load(path)
-    theirs, ours = payload.get("fingerprint", {}), fingerprint(cfg)
+    theirs, ours = {"world_size": 1, **payload.get("fingerprint", {})}, fingerprint(cfg)
     diff = [f"{k}={theirs.get(k)}" for k in ours if theirs.get(k) != ours[k]]
     if diff:
         raise UserError(f"checkpoint {path} belongs to a different run ({', '.join(diff)}); "
@@ -73,6 +85,8 @@ def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | N
     trainer.restore(payload)
     metrics = trainer.loggers.metrics
     source = path.parent.parent / "metrics.jsonl"
+    if not metrics.enabled:  # data-parallel ranks other than 0: rank 0 keeps the files
+        return payload.get("wandb_id")
     if source.resolve() != metrics.path.resolve() and source.exists():
         shutil.copyfile(source, metrics.path)
     metrics.truncate_after(trainer.state.step)
@@ -81,7 +95,7 @@ def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | N
 
 
 def attach_wandb(cfg: DictConfig, trainer: Trainer, run_dir: Path, run_id: str | None) -> None:
-    if cfg.logger.name != "wandb":
+    if cfg.logger.name != "wandb" or not dist.current().is_main():
         return
     mirror = WandbMirror(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), run_id)
     trainer.loggers.mirrors.append(mirror)
@@ -140,7 +154,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         plan.cfg = resolve_auto(cfg, plan.s)
         if not _execute(plan, run_dir, trainers):
             out = sm.dry_run(plan, run_dir, t0)
-            sm.write(run_dir, out)
+            _write(plan, run_dir, out)
             return out
     except Interrupted as exc:
         status, error, raised = "failed", f"interrupted ({exc}); resume with resume={run_dir}", exc
@@ -152,14 +166,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         status, error, raised = "failed", f"{type(exc).__name__}: {one_line(exc)}", exc
     trainer = trainers[0] if trainers else None
     out = sm.build(plan, trainer.state if trainer else None, status, error, t0, run_dir)
-    sm.write(run_dir, out)
+    out["distributed"] = ddp.summary_section(
+        plan.dist, int(cfg.trainer.batch_size), int(cfg.trainer.grad_accum),
+        (trainer.mask_hashes if trainer else []) or [""] * plan.dist.world_size)
+    _write(plan, run_dir, out)
     if trainer is not None:
         trainer.loggers.close(_flat(out))
-    if plan.model is not None:  # a run that never got a model: the one-line error says it all
+    if plan.model is not None and plan.dist.is_main():  # else the one-line error says it all
         print(sm.result_text(out))
     if raised is not None:
         raise raised
     return out
+
+
+def _write(plan: RunPlan, run_dir: Path, summary: Mapping[str, Any]) -> None:
+    """summary.json from rank 0; the other ranks wait until it is written (a rank that exited
+    first could make torchrun stop rank 0 mid-write)."""
+    if plan.dist.is_main():
+        sm.write(run_dir, summary)
+    dist.finish_together(str(run_dir))
 
 
 def _flat(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

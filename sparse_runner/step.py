@@ -9,6 +9,7 @@ One optimizer step calls the method's hooks in this order (the contract of
     if method.before_optimizer_step(step): optimizer.step()      # masks gradients; may skip
     optimizer.zero_grad(set_to_none=True)
     event = method.after_optimizer_step(step)                     # mask updates on schedule
+    (data-parallel runs: the ranks' masks are compared or rank 0's broadcast, see ddp.py)
 
 Losses, statistics and the non-finite flag stay on the device (no host sync per step).
 """
@@ -21,6 +22,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 from torch import Tensor, nn
 
+from . import ddp
 from .sparsity.method import SparsityMethod
 
 Batch = tuple[Any, Tensor]
@@ -46,11 +48,12 @@ class TrainStep:
                  loss_fn: LossFn, *, grad_accum: int = 1, forward: Callable[[Any], Tensor] | None = None,
                  lr_at: Callable[[int], float] | None = None, stats: StatsFn | None = None,
                  autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-                 prep: Callable[[Any], Any] = lambda x: x) -> None:
+                 prep: Callable[[Any], Any] = lambda x: x, mask_sync: str | None = None) -> None:
         self.model, self.method, self.optimizer, self.loss_fn = model, method, optimizer, loss_fn
         self.forward = model if forward is None else forward   # maybe torch.compile'd: no bool()
         self.grad_accum, self.lr_at, self.stats = grad_accum, lr_at, stats
         self.autocast, self.prep = autocast, prep
+        self.mask_sync = mask_sync   # data-parallel runs: "verify" | "broadcast" after mask updates
 
     def __call__(self, step: int, batches: Iterator[Batch]) -> StepResult:
         """Run optimizer step ``step`` (steps completed before this one) on the next batches."""
@@ -76,6 +79,9 @@ class TrainStep:
             n += count
         self._optimizer_step(step)
         event = method.after_optimizer_step(step)
+        if event is not None and self.mask_sync is not None:  # every rank, at the same step
+            event = {**event, "mask_hashes": ddp.sync_after_update(method, self.mask_sync,
+                                                                   step + 1)}
         return StepResult(loss_sum, n, finite, stats, event)
 
     def _optimizer_step(self, step: int) -> None:

@@ -7,7 +7,6 @@ better test accuracy also writes ``best.pt``.
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,16 +18,24 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import ddp
+from . import distributed as dist
 from .data import Data, Loader
 from .errors import TrainingFailed
 from .flops import LayerTable, train_flops_per_sample
 from .loggers import Loggers
 from .sparsity import SparsityMethod
 from .step import TrainStep
+from .stop import StopRequest
 
 
 class Interrupted(Exception):
-    """Training stopped on request (signal or ``trainer.stop_after_steps``) after a checkpoint."""
+    """Training stopped on request (signal or ``trainer.stop_after_steps``) after a checkpoint;
+    ``signum`` is the signal that asked (0 for ``stop_after_steps``)."""
+
+    def __init__(self, message: str, signum: int = 0) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -61,6 +68,8 @@ class TrainSetup:
     progress: bool | None
     checkpoint_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)  # saved with every checkpoint
+    ranks: dist.Dist = field(default_factory=lambda: dist.SINGLE)  # data-parallel ranks
+    mask_sync: str = "verify"      # after mask updates on several ranks (ddp.py)
 
 
 def _train_stats(out: Tensor, y: Tensor) -> dict[str, Tensor]:
@@ -87,16 +96,23 @@ class Trainer:
         self.train_step = TrainStep(
             model, method, optimizer, self._loss, grad_accum=setup.grad_accum,
             forward=self.forward, lr_at=lr_at, stats=_train_stats, autocast=self._autocast,
-            prep=self._prep)
+            prep=self._prep, mask_sync=setup.mask_sync if setup.ranks.enabled else None)
         self._fwd_flops = table.sparse_fwd(method.density())
-        self._stop = False
+        # a signal on any rank stops every rank after the same step (checked on the CPU every
+        # step; on GPUs every log_every steps, where the loop synchronises anyway)
+        every = 1 if setup.device.type == "cpu" else setup.log_every
+        self.stop = StopRequest(setup.device, every)
+        self.mask_hashes: list[str] = []   # per rank, as of the last check
+        # DDP's forward is a collective (buffer broadcast): ranks with ragged test shards run
+        # different numbers of eval batches, so evaluation uses the plain module
+        self.eval_forward = model if setup.ranks.enabled else self.forward
         self._epoch_t0: float | None = None
 
     # ---- public --------------------------------------------------------------------------------
     def fit(self) -> TrainState:
         """Train from ``self.state.step`` to the end; evaluation and checkpoint every epoch."""
         s = self.setup
-        with self._stop_on_signals():
+        with self.stop:
             first = self.state.step // s.steps_per_epoch
             for epoch in range(first, s.epochs):
                 self._epoch_t0 = time.perf_counter()
@@ -112,7 +128,7 @@ class Trainer:
                 improved = ev["acc1"] > self.state.best_acc1
                 self.state.best_acc1 = max(self.state.best_acc1, ev["acc1"])
                 self.save(ckpt.LAST)
-                if improved:  # the same bytes as last.pt: link, not a second write
+                if improved and s.ranks.is_main():  # the same bytes as last.pt: link
                     ckpt.link_or_copy(self.setup.checkpoint_dir / ckpt.LAST,
                                       self.setup.checkpoint_dir / ckpt.BEST)
                 self._print_epoch(epoch, train_metrics, ev)
@@ -120,20 +136,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader: Loader) -> dict[str, float]:
+        """Loss, top-1 and top-5 over the whole test set (each rank scores its shard with rank
+        0's BatchNorm statistics; the sums are all-reduced)."""
         self.model.eval()
-        loss = torch.zeros((), device=self.setup.device)
-        c1 = torch.zeros((), device=self.setup.device, dtype=torch.long)
-        c5 = torch.zeros_like(c1)
-        n = 0
+        dist.broadcast_(list(self.model.buffers()))
+        sums = torch.zeros(4, device=self.setup.device, dtype=torch.float64)  # loss, c1, c5, n
         for x, y in loader.batches(0):
             with self._autocast():
-                out = self.forward(self._prep(x))
-            loss += F.cross_entropy(out.float(), y, reduction="sum")
+                out = self.eval_forward(self._prep(x))
             a1, a5 = topk_correct(out, y)
-            c1, c5, n = c1 + a1, c5 + a5, n + y.numel()
+            sums += torch.stack([F.cross_entropy(out.float(), y, reduction="sum").double(),
+                                 a1.double(), a5.double(), sums.new_tensor(y.numel())])
         self.model.train()
-        return {"loss": loss.item() / n, "acc1": 100.0 * c1.item() / n,
-                "acc5": 100.0 * c5.item() / n}
+        loss, c1, c5, n = dist.all_reduce_(sums).tolist()
+        return {"loss": loss / n, "acc1": 100.0 * c1 / n, "acc5": 100.0 * c5 / n}
 
     def checkpoint_payload(self) -> dict[str, Any]:
         return {
@@ -145,11 +161,18 @@ class Trainer:
             "method": self.method.state_dict(),
             "state": {**asdict(self.state), "train_s": self.state.train_s + self._epoch_elapsed()},
             "rng": ckpt.rng_state(),
+            "rng_ranks": ddp.rank_rng_states(),
             **self.setup.extra,
         }
 
     def save(self, name: str) -> None:
-        ckpt.save(self.setup.checkpoint_dir / name, self.checkpoint_payload())
+        """Every rank takes part (RNG states, a mask check); rank 0 writes."""
+        masks = getattr(self.method, "masks", None)
+        self.mask_hashes = dist.sync_masks(masks, "verify", f"at the checkpoint of step "
+                                           f"{self.state.step}") if masks is not None else []
+        payload = self.checkpoint_payload()
+        if self.setup.ranks.is_main():
+            ckpt.save(self.setup.checkpoint_dir / name, payload)
 
     def restore(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
@@ -157,7 +180,7 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.method.attach_optimizer(self.optimizer)
         self.state = TrainState(**payload["state"])
-        ckpt.set_rng_state(payload["rng"])
+        ddp.restore_rank_rng(payload)
         self._fwd_flops = self.table.sparse_fwd(self.method.density())
 
     # ---- internals -----------------------------------------------------------------------------
@@ -194,27 +217,42 @@ class Trainer:
             self._account(batch_n, res.event)
             bar.update(1)
             check = s.device.type == "cpu" or st.step % s.log_every == 0
-            if check and bool(bad):
+            if check and self._any(bad):
                 self._fail(float(run_loss / max(run_n, 1)), epoch)
             if st.step % s.log_every == 0 or st.step % s.steps_per_epoch == 0:
-                mean = run_loss.item() / run_n
+                loss_sum, correct, seen = self._global(run_loss, run_correct, run_n)
                 now = time.perf_counter()
-                ips = (run_n - n_last) / max(now - t_last, 1e-9)
-                t_last, n_last = now, run_n
+                ips = (seen - n_last) / max(now - t_last, 1e-9)
+                t_last, n_last = now, seen
                 self._log("train", st.step / s.steps_per_epoch,
-                          {"loss": mean, "acc1": 100.0 * run_correct.item() / run_n,
+                          {"loss": loss_sum / seen, "acc1": 100.0 * correct / seen,
                            "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": ips})
-                bar.set_postfix(loss=f"{mean:.3f}", acc=f"{100.0 * run_correct.item() / run_n:.1f}",
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100.0 * correct / seen:.1f}",
                                 img_s=f"{ips:.0f}")
-            if self._stop or (s.stop_after_steps is not None and st.step >= s.stop_after_steps):
+            if self.stop.due(st.step) or (s.stop_after_steps is not None
+                                          and st.step >= s.stop_after_steps):
                 bar.close()
                 st.partial = {"loss_sum": run_loss.item(), "correct": run_correct.item(), "n": run_n}
                 self.save(ckpt.LAST)
-                raise Interrupted(f"stopped at step {st.step}")
+                raise Interrupted(f"stopped at step {st.step}", self.stop.signum)
         bar.close()
-        if bool(bad):
+        if self._any(bad):
             self._fail(float(run_loss / max(run_n, 1)), epoch)
-        return {"loss": run_loss.item() / max(run_n, 1), "acc1": 100.0 * run_correct.item() / max(run_n, 1)}
+        loss_sum, correct, seen = self._global(run_loss, run_correct, run_n)
+        return {"loss": loss_sum / max(seen, 1), "acc1": 100.0 * correct / max(seen, 1)}
+
+    def _any(self, flag: Tensor) -> bool:
+        """Whether ``flag`` is set on any rank (the same answer everywhere)."""
+        if not self.setup.ranks.enabled:
+            return bool(flag)
+        return bool(dist.all_reduce_(flag.to(torch.int32).reshape(1), "max"))
+
+    def _global(self, loss_sum: Tensor, correct: Tensor, n: int) -> tuple[float, float, int]:
+        """Running (loss sum, correct, samples) of this epoch over all ranks."""
+        sums = torch.stack([loss_sum.double(), correct.double(),
+                            torch.tensor(float(n), dtype=torch.float64, device=loss_sum.device)])
+        loss, c, seen = dist.all_reduce_(sums).tolist()
+        return loss, c, int(seen)
 
     def _loss(self, out: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(out, y, label_smoothing=self.setup.label_smoothing)
@@ -222,6 +260,7 @@ class Trainer:
     def _account(self, batch_n: int, event: dict[str, Any] | None) -> None:
         """Training FLOPs of the step just taken; a mask change re-prices the forward."""
         st = self.state
+        batch_n *= self.setup.ranks.world_size   # every rank trains on as many samples
         st.train_flops += train_flops_per_sample(self._fwd_flops) * batch_n
         st.train_flops += self.method.extra_flops(st.step, batch_n)
         st.step += 1
@@ -255,25 +294,8 @@ class Trainer:
         )
 
     def _print_epoch(self, epoch: int, tr: dict[str, float], ev: dict[str, float]) -> None:
+        if not self.setup.ranks.is_main():
+            return
         tqdm.write(f"epoch {epoch + 1:>3}/{self.setup.epochs}  train loss {tr['loss']:.4f} "
                    f"acc {tr['acc1']:.2f}  |  test loss {ev['loss']:.4f} acc1 {ev['acc1']:.2f} "
                    f"acc5 {ev['acc5']:.2f}  |  {self.state.epoch_s[-1]:.1f}s")
-
-    @contextlib.contextmanager
-    def _stop_on_signals(self):
-        """SIGTERM (cluster preemption) and SIGUSR1 finish the step, checkpoint, and stop."""
-        def handler(signum, frame):
-            self._stop = True
-
-        previous = {}
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                try:
-                    previous[sig] = signal.signal(sig, handler)
-                except ValueError:  # not the main thread
-                    pass
-        try:
-            yield
-        finally:
-            for sig, h in previous.items():
-                signal.signal(sig, h)

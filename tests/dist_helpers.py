@@ -38,3 +38,19 @@ def on_ranks(fn: Callable[..., Any], tmp_path: Path, world: int = 2, *args: Any)
     mp.start_processes(_worker, args=(fn, world, free_port(), str(tmp_path), args), nprocs=world,
                        start_method="spawn")
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+TINY_DDP = ("model.base_width=8", "trainer.progress=false", "run.device=cpu",
+            "trainer.batch_size=32", "trainer.log_every=5")
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 240) -> "subprocess.CompletedProcess":
+    """``torchrun --standalone --nproc_per_node=<nproc> <args>`` in a subprocess (CPU, gloo)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
