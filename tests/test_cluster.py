@@ -76,3 +76,14 @@ def test_optuna_example_tunes_delta_t_and_alpha(tmp_path):
     accs = [json.loads((tmp_path / j / "summary.json").read_text())["metrics"]["test_acc1"]
             for j in ("0", "1")]
     assert result["best_value"] == pytest.approx(max(accs))
+
+
+def test_a_submitit_job_with_two_tasks_is_one_data_parallel_run(tmp_path):
+    """The SLURM path of ``hydra/launcher=slurm`` (one task per GPU), on the local executor."""
+    proc = cli("-m", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2", "method=rigl",
+               "s=0.9", "method.delta_t=10", *TINY, "trainer.batch_size=32", f"out_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "0" / "summary.json").read_text())
+    d = summary["distributed"]
+    assert summary["status"] == "completed" and d["world_size"] == 2 and d["global_batch"] == 64
+    assert d["mask_hashes"][0] == d["mask_hashes"][1]
