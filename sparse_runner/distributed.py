@@ -123,6 +123,13 @@ def shared_value(key: str, value: str, launch: Launch) -> str:
     return store.get(key).decode()
 
 
+def check_options(backend: str, mask_sync: str) -> None:
+    """``distributed.*`` values, checked before anything runs (also in one process)."""
+    for key, value, valid in (("backend", backend, BACKENDS), ("mask_sync", mask_sync, MASK_SYNC)):
+        if value not in valid:
+            raise UserError(f"distributed.{key}={value}; valid: {', '.join(valid)}")
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """``auto`` -> nccl on CUDA devices, gloo otherwise; nccl without a GPU is a user error."""
     if backend not in BACKENDS:

@@ -70,6 +70,7 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.trainer[key]
         if not isinstance(value, int) or value < 1:
             raise UserError(f"trainer.{key}={value} must be a positive integer")
+    dist.check_options(str(cfg.distributed.backend), str(cfg.distributed.mask_sync))
     if not isinstance(cfg.seed, int):
         raise UserError(f"seed={cfg.seed} must be an integer")
     if cfg.sparse.backend not in BACKENDS:

@@ -167,9 +167,9 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Every rank takes part (RNG states, a mask check); rank 0 writes."""
-        masks = getattr(self.method, "masks", None)
-        self.mask_hashes = dist.sync_masks(masks, "verify", f"at the checkpoint of step "
-                                           f"{self.state.step}") if masks is not None else []
+        self.mask_hashes = dist.sync_masks(getattr(self.method, "masks", None),
+                                           self.setup.mask_sync,
+                                           f"at the checkpoint of step {self.state.step}")
         payload = self.checkpoint_payload()
         if self.setup.ranks.is_main():
             ckpt.save(self.setup.checkpoint_dir / name, payload)

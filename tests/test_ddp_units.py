@@ -48,3 +48,8 @@ def test_rng_of_this_rank_is_restored():
     torch.manual_seed(6)
     ddp.restore_rank_rng({"rng": ckpt.rng_state(), "rng_ranks": saved})
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_distributed_options_are_checked_before_anything_runs(tiny):
+    with pytest.raises(UserError, match="distributed.mask_sync=sometimes; valid: verify, broadcast"):
+        tiny("distributed.mask_sync=sometimes")
