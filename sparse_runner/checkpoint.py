@@ -1,80 +1,81 @@
 """Atomic checkpoints and complete RNG capture, so a resumed CPU run is bit-identical.
 
 Everything saved is a tensor, a number, a string or a container of those, so checkpoints load
-with ``torch.load(..., weights_only=True)``. Files are written to a temporary name and renamed
-into place: a crash mid-write never leaves a half-written ``last.pt``.
+with ``torch.load(..., weights_only=True)``. Files are written durably to a temporary name and
+renamed into place (:mod:`fsio`): a crash mid-write never leaves a half-written ``last.pt``, and
+a full or read-only disk is a one-line error with the previous checkpoint intact.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from . import fsio
 from .errors import UserError
+from .fsio import atomic_write
 
 LAST, BEST = "last.pt", "best.pt"
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Durably replace ``path`` by what ``write(f)`` writes (see :func:`fsio.atomic_write`)."""
+    atomic_write(path, write)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    fsio.atomic_write_json(path, obj)
 
 
 def save(path: Path, payload: Mapping[str, Any]) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(dict(payload), f))
+    atomic_write(path, lambda f: torch.save(dict(payload), f), action="write the checkpoint")
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Atomically make ``dst`` a file with ``src``'s bytes: a hard link where the file system
     allows it (checkpoints are replaced, never modified, so the two names stay independent)."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.link{fsio.TMP_SUFFIX}"
     try:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, dst)
+        fsio.fsync_dir(dst.parent)
+    except OSError as exc:
+        fsio.unlink_quietly(tmp)
+        raise fsio.io_error(exc, dst, "write the checkpoint") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        fsio.unlink_quietly(tmp)
         raise
 
 
 def load(path: Path) -> dict[str, Any]:
+    """A checkpoint's payload, loaded safely (tensors and plain values only)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file
-        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}; "
-                        "point resume= at another run or checkpoint") from None
+    except OSError as exc:
+        raise fsio.io_error(exc, path, "read the checkpoint") from None
+    except Exception as exc:  # corrupt, truncated or foreign file
+        raise UserError(f"cannot read checkpoint {path}: {_why_unreadable(exc)}; point resume= "
+                        "at another run directory or checkpoint") from None
+
+
+def _why_unreadable(exc: Exception) -> str:
+    # PyTorch's own text for these cases recommends weights_only=False, which would execute
+    # arbitrary code from the file: never pass it on.
+    text = str(exc)
+    if "weights_only" in text or "Unsupported global" in text or "Unpickler" in text:
+        return "it holds Python objects, not only tensors (not written by sparse-run)"
+    return "not a PyTorch checkpoint, or a truncated or corrupt one"
 
 
 def rng_state() -> dict[str, Any]:

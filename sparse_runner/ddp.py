@@ -91,15 +91,15 @@ def rank_rng_states() -> list[dict[str, Any]]:
 
 
 def restore_rank_rng(payload: Mapping[str, Any]) -> None:
-    """This rank's RNG state from a checkpoint written by the same number of ranks; otherwise
-    rank 0's state re-seeded per rank (a resume with another world size is not bit-exact)."""
+    """This rank's RNG state; a checkpoint of another number of ranks is refused (the global
+    batch, and so every step's samples, would differ)."""
     d = dist.current()
     states = payload.get("rng_ranks") or [payload["rng"]]
-    if len(states) == d.world_size:
-        ckpt.set_rng_state(states[d.rank])
-        return
-    ckpt.set_rng_state(states[0])
-    seed_rank(int(torch.initial_seed()), d)
+    if len(states) != d.world_size:
+        raise UserError(f"the checkpoint was written by {len(states)} process(es) and this run "
+                        f"has {d.world_size}; resume with the same number (torchrun "
+                        "--nproc_per_node) or choose a new out_dir")
+    ckpt.set_rng_state(states[d.rank])
 
 
 def summary_section(d: dist.Dist, batch_size: int, grad_accum: int,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UserError
+from .fsio import append_line, atomic_write, make_dirs, read_jsonl, rewrite_jsonl
 
 
 def _clean(value: Any) -> Any:
@@ -22,31 +23,36 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsFile:
-    """Append-only JSON lines, flushed per event so a crash loses nothing already logged."""
+    """Append-only JSON lines: each event is one whole-line append, fsynced, so a crash loses
+    nothing already logged and can tear at most the last line (which readers skip)."""
 
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path, self.enabled = path, enabled   # disabled: a data-parallel rank other than 0
         if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.path.parent)
 
     def truncate_after(self, step: int) -> None:
-        """Drop events logged after ``step`` (they belong to the part a resume will redo)."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        """Drop events logged after ``step`` (they belong to the part a resume will redo) and a
+        torn last line, so the next append starts on a line of its own."""
+        if self.enabled and self.path.exists():
+            rewrite_jsonl(self.path, lambda e: _step(e) <= step)
+
+    def reset(self) -> None:
+        """Start empty (a fresh start over what a failed attempt logged)."""
+        if self.enabled and self.path.exists() and self.path.stat().st_size:
+            atomic_write(self.path, b"")
 
     def write(self, event: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in event.items()}) + "\n")
+        if self.enabled:
+            append_line(self.path, json.dumps({k: _clean(v) for k, v in event.items()}))
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path)
+
+
+def _step(event: Mapping[str, Any]) -> float:
+    step = event.get("step", 0)
+    return step if isinstance(step, (int, float)) else 0
 
 
 class WandbMirror:

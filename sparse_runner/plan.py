@@ -120,12 +120,19 @@ def build_plan(plan: RunPlan) -> RunPlan:
     return plan
 
 
+def dense_conflict(s: float, ift: str) -> str:
+    """The error for method=dense with a sparsity or an IFT, suggesting only what would help."""
+    asked = [f"s={s}"] if s > 0 else []
+    asked += [f"ift={ift}"] if ift != "none" else []
+    undo = " ".join(["s=0"] * (s > 0) + ["ift=none"] * (ift != "none"))
+    return (f"method=dense trains every weight, so {' '.join(asked)} has no effect; pick a sparse "
+            f"method with s > 0 (e.g. method=rigl s=0.9) or drop it for dense training ({undo})")
+
+
 def _check_method(plan: RunPlan) -> None:
     method, ift = plan.method, str(plan.cfg.ift.name)
     if not method.sparse and (plan.s > 0 or ift != "none"):
-        fix = " or s=0" if plan.s > 0 else ""
-        raise UserError(f"method=dense trains every weight, so s={plan.s:g} ift={ift} has no "
-                        f"effect; pick a sparse method (method=static, rigl, ...){fix}")
+        raise UserError(dense_conflict(plan.s, ift))
     if method.sparse and plan.s == 0:
         raise UserError(f"method={method.name} needs a sparsity s > 0, e.g. s=0.9 "
                         "(s=0 is dense training: method=dense)")

@@ -7,7 +7,6 @@ with status ``completed``, ``dry_run`` or ``failed`` (plus a one-line ``error``)
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,7 +14,6 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint as ckpt
 from . import ddp
 from . import distributed as dist
 from . import summary as sm
@@ -24,7 +22,11 @@ from .loggers import Loggers, MetricsFile, WandbMirror
 from .methods.auto import resolve_auto
 from .optim import build_optimizer, lr_schedule
 from .plan import RunPlan, build_plan, requested_sparsity
+from .precision import amp_dtype
 from .sparsity.backend import apply_backend
+from .resume import resume_trainer
+from .rundir import owned, write_summary
+from .runconfig import trajectory_config
 from .train import Interrupted, Trainer, TrainSetup
 
 FINGERPRINT_KEYS = ("model.name", "dataset.name", "method.name", "ift.name", "s", "seed",
@@ -32,10 +34,7 @@ FINGERPRINT_KEYS = ("model.name", "dataset.name", "method.name", "ift.name", "s"
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    """What must match for a checkpoint to continue this run (the number of ranks too: it
-    fixes the global batch and so every step's samples)."""
-    return {**{k: OmegaConf.select(cfg, k) for k in FINGERPRINT_KEYS},
-            "world_size": dist.current().world_size}
+    return {k: OmegaConf.select(cfg, k) for k in FINGERPRINT_KEYS}
 
 
 def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
@@ -56,12 +55,13 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
                         plan.total_steps)
     setup = TrainSetup(
         epochs=t.epochs, steps_per_epoch=plan.steps_per_epoch, grad_accum=t.grad_accum,
-        device=plan.device, amp_dtype=_amp_dtype(str(t.precision), plan.device),
+        device=plan.device, amp_dtype=amp_dtype(str(t.precision), plan.device),
         channels_last=channels_last, label_smoothing=float(t.label_smoothing),
         log_every=t.log_every, stop_after_steps=t.stop_after_steps,
         progress=(None if t.progress == "auto" else bool(t.progress)) if ranks.is_main() else False,
         checkpoint_dir=run_dir / "checkpoints",
-        extra={"fingerprint": fingerprint(cfg), "s_effective": plan.s_eff},
+        extra={"fingerprint": fingerprint(cfg), "config": trajectory_config(cfg),
+               "s_effective": plan.s_eff},
         ranks=ranks, mask_sync=mask_sync,
     )
     forward = ddp.wrap(model, ranks, bool(cfg.distributed.find_unused_parameters))
@@ -73,25 +73,8 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
 
 def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | None:
     """Continue from a checkpoint when ``resume`` finds one; returns its wandb run id."""
-    path = ckpt.resolve_resume(cfg.resume, run_dir)
-    if path is None:
-        return None
-    payload = ckpt.load(path)
-    theirs, ours = {"world_size": 1, **payload.get("fingerprint", {})}, fingerprint(cfg)
-    diff = [f"{k}={theirs.get(k)}" for k in ours if theirs.get(k) != ours[k]]
-    if diff:
-        raise UserError(f"checkpoint {path} belongs to a different run ({', '.join(diff)}); "
-                        "resume with the same settings or choose a new out_dir")
-    trainer.restore(payload)
-    metrics = trainer.loggers.metrics
-    source = path.parent.parent / "metrics.jsonl"
-    if not metrics.enabled:  # data-parallel ranks other than 0: rank 0 keeps the files
-        return payload.get("wandb_id")
-    if source.resolve() != metrics.path.resolve() and source.exists():
-        shutil.copyfile(source, metrics.path)
-    metrics.truncate_after(trainer.state.step)
-    print(f"resuming from {path} at step {trainer.state.step}")
-    return payload.get("wandb_id")
+    payload = resume_trainer(trainer, cfg, run_dir)
+    return payload.get("wandb_id") if payload else None
 
 
 def attach_wandb(cfg: DictConfig, trainer: Trainer, run_dir: Path, run_id: str | None) -> None:
@@ -104,20 +87,6 @@ def attach_wandb(cfg: DictConfig, trainer: Trainer, run_dir: Path, run_id: str |
 
 def _auto(value: Any, default: bool) -> bool:
     return default if value == "auto" else bool(value)
-
-
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise UserError("trainer.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
-        return torch.float16
-    if precision == "fp32":
-        return None
-    raise UserError(f"trainer.precision={precision!r}; valid: auto, fp32, bf16, fp16")
 
 
 def _execute(plan: RunPlan, run_dir: Path, trainers: list[Trainer]) -> bool:
@@ -138,15 +107,33 @@ def _execute(plan: RunPlan, run_dir: Path, trainers: list[Trainer]) -> bool:
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Execute one configured run in ``run_dir``; returns the summary that was written.
 
-    User errors, NaN losses and interruptions still write a ``failed`` summary and are then
-    re-raised for the CLI to turn into an exit code; bugs keep their traceback.
+    The directory is owned first (:mod:`rundir`): a busy directory or one holding another run
+    is refused before anything is written, and a completed identical run is left untouched
+    (its summary is returned). User errors, NaN losses and interruptions still write a
+    ``failed`` summary and are then re-raised for the CLI to turn into an exit code; bugs keep
+    their traceback.
     """
-    t0, run_dir = time.perf_counter(), Path(run_dir)
+    launch = dist.launch_env()
+    if launch.rank != 0:  # rank 0 owns the directory for the whole data-parallel launch
+        if dist.shared_value(f"owned/{run_dir}", "", launch) != "train":
+            return {}     # rank 0 found the run completed, or could not own the directory
+        return _run_owned(cfg, Path(run_dir))
+    decision = "refused"
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the run directory {run_dir}: {exc.strerror}; choose "
-                        "another with out_dir=<dir>") from None
+        with owned(cfg, Path(run_dir)) as own:
+            decision = "train" if own.done is None else "done"
+            dist.shared_value(f"owned/{run_dir}", decision, launch)
+            if own.done is not None:
+                print(f"{own.path} already holds this run, completed; nothing to do")
+                return own.done
+            return _run_owned(cfg, own.path)
+    finally:
+        if decision == "refused":
+            dist.shared_value(f"owned/{run_dir}", decision, launch)
+
+
+def _run_owned(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
     status, error, raised = "completed", None, None
     plan, trainers = RunPlan(cfg=cfg), []
     try:
@@ -154,7 +141,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         plan.cfg = resolve_auto(cfg, plan.s)
         if not _execute(plan, run_dir, trainers):
             out = sm.dry_run(plan, run_dir, t0)
-            _write(plan, run_dir, out)
+            if plan.dist.is_main():
+                sm.write(run_dir, out)
+            dist.finish_together(str(run_dir))
             return out
     except Interrupted as exc:
         status, error, raised = "failed", f"interrupted ({exc}); resume with resume={run_dir}", exc
@@ -169,7 +158,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     out["distributed"] = ddp.summary_section(
         plan.dist, int(cfg.trainer.batch_size), int(cfg.trainer.grad_accum),
         (trainer.mask_hashes if trainer else []) or [""] * plan.dist.world_size)
-    _write(plan, run_dir, out)
+    if plan.dist.is_main():  # the others wait until it is written (torchrun would stop rank 0
+        write_summary(run_dir, out, failing=raised is not None)  # if they exited first)
+    dist.finish_together(str(run_dir))
     if trainer is not None:
         trainer.loggers.close(_flat(out))
     if plan.model is not None and plan.dist.is_main():  # else the one-line error says it all
@@ -177,14 +168,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if raised is not None:
         raise raised
     return out
-
-
-def _write(plan: RunPlan, run_dir: Path, summary: Mapping[str, Any]) -> None:
-    """summary.json from rank 0; the other ranks wait until it is written (a rank that exited
-    first could make torchrun stop rank 0 mid-write)."""
-    if plan.dist.is_main():
-        sm.write(run_dir, summary)
-    dist.finish_together(str(run_dir))
 
 
 def _flat(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -12,6 +12,10 @@ One optimizer step calls the method's hooks in this order (the contract of
     (data-parallel runs: the ranks' masks are compared or rank 0's broadcast, see ddp.py)
 
 Losses, statistics and the non-finite flag stay on the device (no host sync per step).
+With a :class:`~sparse_runner.precision.Precision` (``precision=``) the forward runs in its
+autocast, the backward is loss-scaled under fp16 and the optimizer step goes through its
+GradScaler (skipped on inf/NaN gradients); masking is multiplicative, so scaled gradients
+are masked the same way.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ddp
+from .precision import Precision
 from .sparsity.method import SparsityMethod
 
 Batch = tuple[Any, Tensor]
@@ -48,11 +53,15 @@ class TrainStep:
                  loss_fn: LossFn, *, grad_accum: int = 1, forward: Callable[[Any], Tensor] | None = None,
                  lr_at: Callable[[int], float] | None = None, stats: StatsFn | None = None,
                  autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-                 prep: Callable[[Any], Any] = lambda x: x, mask_sync: str | None = None) -> None:
+                 prep: Callable[[Any], Any] = lambda x: x,
+                 precision: Precision | None = None, mask_sync: str | None = None) -> None:
         self.model, self.method, self.optimizer, self.loss_fn = model, method, optimizer, loss_fn
         self.forward = model if forward is None else forward   # maybe torch.compile'd: no bool()
         self.grad_accum, self.lr_at, self.stats = grad_accum, lr_at, stats
-        self.autocast, self.prep = autocast, prep
+        self.precision = precision
+        self.autocast = autocast if precision is None else precision.autocast
+        self.backward = Tensor.backward if precision is None else precision.backward
+        self.prep = prep
         self.mask_sync = mask_sync   # data-parallel runs: "verify" | "broadcast" after mask updates
 
     def __call__(self, step: int, batches: Iterator[Batch]) -> StepResult:
@@ -66,7 +75,7 @@ class TrainStep:
             with self.autocast():
                 out = self.forward(self.prep(x))
                 loss = self.loss_fn(out.float(), y)
-            (loss / micro).backward()
+            self.backward(loss / micro)
             method.after_backward(step)
             detached = loss.detach()
             count = int(y.shape[0]) if isinstance(y, Tensor) and y.ndim else 1
@@ -90,5 +99,8 @@ class TrainStep:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         if self.method.before_optimizer_step(step):
-            self.optimizer.step()
+            if self.precision is None:
+                self.optimizer.step()
+            else:
+                self.precision.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_write_json
+from .fsio import atomic_write_text
 from .environment import device_name, versions
 from .flops import LayerTable, human, origins, train_flops_per_sample
 from .ift import describe_ift
@@ -81,7 +82,7 @@ def _model_sections(plan: RunPlan, state: TrainState | None) -> dict[str, Any]:
 def dry_run(plan: RunPlan, run_dir: Path, t0: float) -> dict[str, Any]:
     """Print and save the layer table of a dry run; its summary (status ``dry_run``)."""
     rows = layer_rows(plan.table, plan.method.density(), plan.sparse, baseline=plan.baseline)
-    (run_dir / "layers.csv").write_text(layer_table_csv(rows))
+    atomic_write_text(run_dir / "layers.csv", layer_table_csv(rows))
     print(layer_table_text(rows))
     if plan.iso is not None:
         print(f"Iso-FLOP: s={plan.s} -> effective sparsity {plan.iso.sparsity:.6f}; sparse "

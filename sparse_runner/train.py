@@ -24,6 +24,7 @@ from .data import Data, Loader
 from .errors import TrainingFailed
 from .flops import LayerTable, train_flops_per_sample
 from .loggers import Loggers
+from .precision import Precision
 from .sparsity import SparsityMethod
 from .step import TrainStep
 from .stop import StopRequest
@@ -93,10 +94,12 @@ class Trainer:
         self.forward = model if forward is None else forward  # possibly torch.compile'd (no bool())
         self.lr_at, self.table, self.setup, self.loggers = lr_at, table, setup, loggers
         self.state = TrainState()
+        self.precision = Precision(setup.device.type, setup.amp_dtype)
         self.train_step = TrainStep(
             model, method, optimizer, self._loss, grad_accum=setup.grad_accum,
-            forward=self.forward, lr_at=lr_at, stats=_train_stats, autocast=self._autocast,
-            prep=self._prep, mask_sync=setup.mask_sync if setup.ranks.enabled else None)
+            forward=self.forward, lr_at=lr_at, stats=_train_stats, prep=self._prep,
+            precision=self.precision,
+            mask_sync=setup.mask_sync if setup.ranks.enabled else None)
         self._fwd_flops = table.sparse_fwd(method.density())
         # a signal on any rank stops every rank after the same step (checked on the CPU every
         # step; on GPUs every log_every steps, where the loop synchronises anyway)
@@ -162,6 +165,7 @@ class Trainer:
             "state": {**asdict(self.state), "train_s": self.state.train_s + self._epoch_elapsed()},
             "rng": ckpt.rng_state(),
             "rng_ranks": ddp.rank_rng_states(),
+            "precision": self.precision.state_dict(),
             **self.setup.extra,
         }
 
@@ -181,6 +185,7 @@ class Trainer:
         self.method.attach_optimizer(self.optimizer)
         self.state = TrainState(**payload["state"])
         ddp.restore_rank_rng(payload)
+        self.precision.load_state_dict(payload.get("precision", {}))
         self._fwd_flops = self.table.sparse_fwd(self.method.density())
 
     # ---- internals -----------------------------------------------------------------------------
@@ -188,9 +193,7 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.setup.channels_last else x
 
     def _autocast(self):
-        if self.setup.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.setup.device.type, dtype=self.setup.amp_dtype)
+        return self.precision.autocast()
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         s, st = self.setup, self.state
@@ -287,10 +290,11 @@ class Trainer:
         return 1.0 - sum(self.table[n].numel * d for n, d in density.items()) / total
 
     def _fail(self, loss: float, epoch: int) -> None:
+        kept = (f"checkpoints/{ckpt.LAST} holds the last good epoch"
+                if (self.setup.checkpoint_dir / ckpt.LAST).is_file() else "no checkpoint was saved")
         raise TrainingFailed(
             f"loss became {loss} at step {self.state.step} (epoch {epoch + 1}); training stopped "
-            f"and checkpoints/{ckpt.LAST} holds the last good epoch; lower optimizer.lr or add "
-            "warm-up (schedule.warmup_epochs)"
+            f"and {kept}; lower optimizer.lr or add warm-up (schedule.warmup_epochs)"
         )
 
     def _print_epoch(self, epoch: int, tr: dict[str, float], ev: dict[str, float]) -> None:

@@ -19,6 +19,11 @@ import torch  # noqa: E402
 # thrashes when the 2 CI cores are shared); the kernels' threading is tested explicitly.
 torch.set_num_threads(1)
 
+# Without a GPU the Triton kernels (the GPU path) run in Triton's interpreter: it must be on
+# before anything imports triton (``-m gpu_code`` tests; triton_cfi.py sets it too).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Tiny, fast defaults for end-to-end runs: an 8-wide ResNet-18 on digits, one epoch, no bar.
 TINY = ("model.base_width=8", "trainer.epochs=1", "trainer.progress=false", "run.device=cpu")
 

@@ -70,27 +70,41 @@ class Data:
 
 @dataclass(frozen=True)
 class Augment:
-    """Batched augmentation: zero-pad + random crop and optional horizontal flip."""
+    """Batched augmentation: zero-pad + random crop and optional horizontal flip.
+
+    The random choices are drawn on the CPU (:meth:`draw`, from the batch's generator) and
+    applied on the data's device (:meth:`apply`); the loader draws a whole epoch at once and
+    moves it in one copy, so a training step makes no host transfer and no sync.
+    """
 
     pad: int = 0
     flip: bool = False
 
-    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def draw(self, n: int, gen: torch.Generator) -> Tensor:
+        """int64 [3, n] rows (crop offset y, crop offset x, flip 0/1), in the historical order."""
+        zeros = torch.zeros(n, dtype=torch.long)
+        oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=gen) if self.pad else zeros
+        ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=gen) if self.pad else zeros
+        flip = (torch.rand(n, generator=gen) < 0.5).long() if self.flip else zeros
+        return torch.stack([oy, ox, flip])
+
+    def apply(self, x: Tensor, params: Tensor) -> Tensor:
+        """Crop/flip ``x`` [n, c, h, w] by ``params`` [3, n] (on x's device)."""
         n, _, h, w = x.shape
         if self.pad:
             p = self.pad
             xp = torch.nn.functional.pad(x, (p, p, p, p))
-            oy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-            ox = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-            rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-            cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+            rows = (params[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+            cols = (params[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
             batch = torch.arange(n, device=x.device)[:, None, None, None]
             chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
             x = xp[batch, chans, rows, cols]
         if self.flip:
-            flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = torch.where(params[2].bool()[:, None, None, None], x.flip(3), x)
         return x
+
+    def __call__(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        return self.apply(x, self.draw(x.shape[0], gen).to(x.device))
 
 
 class TensorLoader:
@@ -141,6 +155,8 @@ class TensorLoader:
             order = torch.randperm(n, generator=generator(self.seed, epoch)).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
+        params = self._epoch_params(epoch, start)
+        p0 = 0
         for b in range(start, len(self)):
             idx = order[rank_slice(b, self.batch_size, self.rank, self.world, n)]
             if idx.numel() == 0:  # a ragged last test batch may leave a rank nothing
@@ -149,6 +165,21 @@ class TensorLoader:
             if self.scale != 1.0:
                 x.mul_(self.scale)
             if self.augment is not None:
-                x = self.augment(x, generator(self.seed, epoch, b, 1,
-                                              *rank_key(self.rank, self.world)))
+                x = self.augment.apply(x, params[:, p0 : p0 + idx.shape[0]])
+            p0 += idx.shape[0]
             yield (x - self.mean) / self.std, self.labels.index_select(0, idx)
+
+    def _epoch_params(self, epoch: int, start: int) -> Tensor:
+        """The augmentation draws of batches ``start..`` of an epoch, in one host-to-device
+        copy (pinned, asynchronous on a GPU): the same values as drawing per batch."""
+        if self.augment is None:
+            return torch.zeros(3, 0, dtype=torch.long)
+        n = self.images.shape[0]
+        rows = [rank_slice(b, self.batch_size, self.rank, self.world, n)
+                for b in range(start, len(self))]
+        key = rank_key(self.rank, self.world)   # () for one process: its draws are unchanged
+        draws = [self.augment.draw(r.stop - r.start, generator(self.seed, epoch, b, 1, *key))
+                 for b, r in zip(range(start, len(self)), rows)]
+        flat = torch.cat(draws, 1) if draws else torch.zeros(3, 0, dtype=torch.long)
+        cuda = self.images.device.type == "cuda"
+        return (flat.pin_memory() if cuda else flat).to(self.images.device, non_blocking=cuda)

@@ -1,4 +1,4 @@
-"""Constant fan-in sparse linear layers backed by compiled CPU/CUDA kernels.
+"""Constant fan-in sparse linear layers backed by compiled CPU (C++) and GPU (Triton) kernels.
 
 ``SparseLinear`` (also ``sparse_runner.SparseLinear``) is the layer; ``cfi_linear`` the
 functional form (inference export of trained models: :mod:`sparse_runner.export`). The kernels are the ``torch.ops.sparse_run.cfi_*``

@@ -1,24 +1,29 @@
 """Build (once, cached) and load the compiled constant fan-in kernels, or fall back.
 
-The sources ship in the wheel as ``sparse_runner.csrc``. On first use per device type
-(``ensure("cpu")`` / ``ensure("cuda")``, called by ``SparseLinear`` and ``cfi_linear``) they are
-compiled with torch.utils.cpp_extension + ninja into the torch extensions cache and loaded
-as a plain shared library that registers CPU/CUDA kernels for the ``sparse_run::`` operators.
-The build directory name carries a hash of the sources, flags and torch version, so an
-edit or an upgrade rebuilds and a cached build loads in milliseconds. If the build cannot
-happen (no C++ compiler, no ninja, no nvcc, a compile error) or is switched off, the
-operators keep their pure-PyTorch reference kernels and one warning per device type says
-why: results are identical, only slower.
+CPU: the C++ sources ship in the wheel as ``sparse_runner.csrc``. On first use
+(``ensure("cpu")``, called by ``SparseLinear`` and ``cfi_linear``) they are compiled with
+torch.utils.cpp_extension + ninja into the torch extensions cache and loaded as a plain shared
+library that registers CPU kernels for the ``sparse_run::`` operators. The build directory name
+carries a hash of the sources, flags and torch version only (nothing of the machine it runs
+on, so an ahead-of-time build is found at run time); a cached build loads in milliseconds.
+
+CUDA: the kernels are Triton (triton_cfi.py), JIT-compiled by Triton for the GPU at hand on
+first call (its own cache, ~/.triton); ``ensure("cuda")`` registers them. No nvcc is needed.
+
+If a build cannot happen (no C++ compiler, no ninja, no triton, a compile error) or is
+switched off, the operators keep their pure-PyTorch reference kernels and one warning per
+device type says why: results are identical, only slower.
 
 Environment:
   SPARSE_RUN_NO_EXT=1 | cpu | cuda   do not build/load (all, only CPU, only CUDA)
   SPARSE_RUN_BUILD_VERBOSE=1         show the compiler output
   TORCH_EXTENSIONS_DIR               cache root (default: torch's, under the temp dir)
-  CXX, CUDA_HOME, MAX_JOBS, TORCH_CUDA_ARCH_LIST   as for torch.utils.cpp_extension
+  CXX, MAX_JOBS                      as for torch.utils.cpp_extension
 
 Ahead of time (e.g. in a Docker image, or before a job on a cluster):
   python -m sparse_runner.kernels            # CPU kernels
-  python -m sparse_runner.kernels --cuda     # CPU and CUDA kernels
+  python -m sparse_runner.kernels --cuda     # and check that the Triton kernels compile
+                                             # for sm_80/sm_90 (works without a GPU)
 """
 from __future__ import annotations
 
@@ -30,18 +35,17 @@ import os
 import shutil
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# device type -> (translation units, headers they include): all of them are hashed
-_SOURCES = {"cpu": (("cfi_cpu.cpp",), ("cfi_kernels.h", "cfi_packed.h", "cfi_checks.h",
-                                          "cfi_cpu_util.h")),
-            "cuda": (("cfi_cuda.cpp", "cfi_cuda.cu"), ("cfi_cuda.h", "cfi_checks.h"))}
+# (translation units, headers they include): all of them are hashed
+_SOURCES = (("cfi_cpu.cpp",), ("cfi_kernels.h", "cfi_packed.h", "cfi_checks.h",
+                               "cfi_cpu_util.h"))
 _CFLAGS = ("-O3", "-fopenmp", "-Wno-psabi")
-_CUDA_CFLAGS = ("-O3", "-std=c++17")
 
 _lock = threading.Lock()
 _status: dict[str, str] = {}  # device type -> "extension" | "reference: <why>"
@@ -61,16 +65,13 @@ def _disabled(device_type: str) -> bool:
     return flag in ("1", "true", "yes", "all") or flag == device_type
 
 
-def _ext_name(device_type: str, flags: tuple[str, ...]) -> str:
-    """Name unique to sources, flags, torch and (CUDA) target architectures."""
+def _ext_name(flags: tuple[str, ...]) -> str:
+    """Name unique to sources, flags and torch: the same at build time and at run time (no
+    device, architecture or environment variable enters it)."""
     h = hashlib.sha256(torch.__version__.encode() + repr(flags).encode())
-    if device_type == "cuda":
-        archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or repr(
-            [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())])
-        h.update(archs.encode())
-    for name in sum(_SOURCES[device_type], ()):
+    for name in sum(_SOURCES, ()):
         h.update(name.encode() + (source_dir() / name).read_bytes())
-    return f"sparse_run_{device_type}_{h.hexdigest()[:12]}"
+    return f"sparse_run_cpu_{h.hexdigest()[:12]}"
 
 
 def _cpp_extension() -> Any:
@@ -92,32 +93,17 @@ def _build_root() -> Path:
 
 
 def _missing_tool(device_type: str) -> str | None:
-    cpp_extension = _cpp_extension()
-
+    if device_type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "triton is not installed (pip install triton)"
+        return None
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         return f"no C++ compiler found ({cxx!r} is not on PATH; set CXX)"
-    if not cpp_extension.is_ninja_available():
+    if not _cpp_extension().is_ninja_available():
         return "ninja is not installed (pip install ninja)"
-    if device_type == "cuda" and _cuda_home() is None:
-        return "nvcc was not found (install the CUDA toolkit or set CUDA_HOME)"
-    return None
-
-
-def _cuda_home() -> str | None:
-    """A CUDA toolkit root with nvcc and headers; fixes torch's guess when it points at the
-    parent of a wrapper script (e.g. /usr/local/bin/nvcc -> CUDA_HOME=/usr/local)."""
-    cpp_extension = _cpp_extension()
-
-    nvcc = shutil.which("nvcc")
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
-                  cpp_extension.CUDA_HOME, "/usr/local/cuda",
-                  str(Path(os.path.realpath(nvcc)).parent.parent) if nvcc else None]
-    for home in candidates:
-        if home and (Path(home) / "bin" / "nvcc").exists() and \
-                (Path(home) / "include" / "cuda_runtime.h").exists():
-            cpp_extension.CUDA_HOME = home  # what cpp_extension builds with
-            return home
     return None
 
 
@@ -127,40 +113,64 @@ def _first_error(exc: BaseException) -> str:
     return (errors or lines or [type(exc).__name__])[0][:300]
 
 
-def compile_extension(device_type: str, verbose: bool = False) -> Path:
-    """Build (if not cached) and load the kernels for ``device_type``; return the library path.
+STALE_LOCK_S = 600.0  # no build of the CPU kernels takes this long: a killed build's lock
+
+
+def _build_in_progress(lock: Path) -> bool:
+    """Whether another process is building now; a lock left by a killed build (older than
+    STALE_LOCK_S) is removed, else every later process would wait on it and rebuild."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_LOCK_S:
+        return True
+    lock.unlink(missing_ok=True)
+    return False
+
+
+def compile_extension(verbose: bool = False) -> Path:
+    """Build (if not cached) and load the CPU kernels; return the library path.
 
     Raises on any failure; :func:`ensure` turns failures into the reference fallback.
     """
     cpp_extension = _cpp_extension()
-
-    cuda = device_type == "cuda"
-    sources = _SOURCES[device_type][0]
-    name = _ext_name(device_type, _CFLAGS + (_CUDA_CFLAGS if cuda else ()))
+    name = _ext_name(_CFLAGS)
     build_dir = _build_root() / name
     lib = build_dir / f"{name}.so"
-    if lib.exists() and not (build_dir / "lock").exists():
+    if lib.exists() and not _build_in_progress(build_dir / "lock"):
         torch.ops.load_library(str(lib))
         return lib
     build_dir.mkdir(parents=True, exist_ok=True)
     src = source_dir()
     cpp_extension.load(
         name=name,
-        sources=[str(src / s) for s in sources],
+        sources=[str(src / s) for s in _SOURCES[0]],
         extra_cflags=list(_CFLAGS),
-        extra_cuda_cflags=list(_CUDA_CFLAGS) if cuda else None,
         extra_ldflags=["-fopenmp"],
         extra_include_paths=[str(src)],
         build_directory=str(build_dir),
-        with_cuda=cuda,
+        with_cuda=False,
         is_python_module=False,
         verbose=verbose,
     )
     return lib
 
 
+def _load(device_type: str) -> str:
+    """Build/load the kernels of ``device_type``; return its status ("extension", "triton")."""
+    if device_type == "cuda":
+        from . import gpu, ops
+
+        gpu.register_cuda(ops._LIB)
+        return "triton"
+    compile_extension(os.environ.get("SPARSE_RUN_BUILD_VERBOSE") == "1")
+    return "extension"
+
+
 def ensure(device_type: str) -> str:
-    """Load the compiled kernels for ``device_type`` once; return "extension" or "reference..."."""
+    """Load the kernels for ``device_type`` once; "extension" (CPU), "triton" (CUDA) or
+    "reference: <why>"."""
     status = _status.get(device_type)
     if status is not None:
         return status
@@ -174,9 +184,8 @@ def ensure(device_type: str) -> str:
                   else _missing_tool(device_type))
         if reason is None:
             try:
-                compile_extension(device_type, os.environ.get("SPARSE_RUN_BUILD_VERBOSE") == "1")
-                _status[device_type] = "extension"
-                return "extension"
+                _status[device_type] = _load(device_type)
+                return _status[device_type]
             except Exception as exc:  # noqa: BLE001 (any build failure means: fall back)
                 reason = f"the build failed ({_first_error(exc)})"
         _status[device_type] = f"reference: {reason}"
@@ -201,9 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m sparse_runner.kernels [--cuda] [--verbose]``: build ahead of time."""
     parser = argparse.ArgumentParser(prog="python -m sparse_runner.kernels",
                                      description="Build the sparse_run kernels into the cache.")
-    parser.add_argument("--cuda", action="store_true", help="also build the CUDA kernels")
+    parser.add_argument("--cuda", action="store_true",
+                        help="also compile the Triton GPU kernels for sm_80 and sm_90 (a check: "
+                             "needs no GPU; at run time Triton compiles for the GPU at hand)")
     parser.add_argument("--verbose", action="store_true", help="show compiler output")
     args = parser.parse_args(argv)
+    if args.cuda and "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "0"  # compile for real targets, not the interpreter
     from . import ops  # noqa: F401  (defines the operator schemas the library registers into)
 
     for device_type in ("cpu", "cuda") if args.cuda else ("cpu",):
@@ -211,5 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         if reason:
             print(f"cannot build the {device_type} kernels: {reason}", file=sys.stderr)
             return 1
-        print(f"{device_type}: {compile_extension(device_type, args.verbose)}")
+        if device_type == "cpu":
+            print(f"cpu: {compile_extension(args.verbose)}")
+            continue
+        from .triton_aot import compile_all
+
+        for line in compile_all():
+            print(f"cuda: {line}")
     return 0

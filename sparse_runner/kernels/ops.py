@@ -140,6 +140,31 @@ def _packed_backward(ctx, grad):
 torch.library.register_autograd("sparse_run::cfi_forward_packed", _packed_backward)
 
 
+# ------------------------------------------------------------------ autocast
+def _kernel_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute an autocast dtype in: float16 on the CPU has no compiled
+    kernel (the C++ kernels do float32/bfloat16/float64), so it computes in float32 there."""
+    return torch.float32 if dtype == torch.float16 and device_type == "cpu" else dtype
+
+
+def autocast_operands(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                 torch.dtype | None]:
+    """Under autocast, (x, values, bias) cast to one compute dtype, plus the dtype the result
+    must have (that of ``nn.Linear`` under the same autocast); outside it, unchanged and None.
+
+    Without this the reference path (dense matmuls, autocast-aware) returned bfloat16 and the
+    compiled path (not autocast-aware) float32, and mixed input/weight dtypes raised.
+    """
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, values, bias, None
+    out = torch.get_autocast_dtype(device)
+    dtype = _kernel_dtype(device, out)
+    return (x.to(dtype), values.to(dtype), None if bias is None else bias.to(dtype),
+            None if dtype == out else out)
+
+
 # ------------------------------------------------------------------ functional entry point
 def cfi_linear(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
                bias: torch.Tensor | None = None,
@@ -150,10 +175,13 @@ def cfi_linear(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
     the backward to ``x``; compute it once per mask and pass it, else each backward builds it.
     Loads (or builds, once) the compiled kernels for ``x.device`` on first use. Indices are
     range-checked by the CPU kernel on every call (it is free there); on CUDA they are checked
-    when a ``SparseLinear`` is built or its mask changes, not per call.
+    when a ``SparseLinear`` is built or its mask changes, not per call. Under autocast the
+    result has the autocast dtype, as ``nn.Linear``'s, whichever kernel runs.
     """
     if not torch.compiler.is_compiling():
         build.ensure(x.device.type)
     lead = x.shape[:-1]
+    x, values, bias, out_dtype = autocast_operands(x, values, bias)
     y = sparse_ops.cfi_forward(x.reshape(-1, x.shape[-1]), values, indices, bias, t_index)
+    y = y if out_dtype is None else y.to(out_dtype)
     return y.reshape(*lead, values.shape[0])

@@ -248,18 +248,15 @@ class SparseLinear(nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects input (..., {self.in_features}), got "
                              f"{list(x.shape)}")
-        values, bias = self._effective_values(), self.bias
+        x, values, bias, out_dtype = ops.autocast_operands(x, self._effective_values(), self.bias)
         device = x.device.type
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
-            x, values = x.to(dtype), values.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
         if self.capture_dense_grad and torch.is_grad_enabled():
             # Mask-update step of a growing method: run dense once to expose dL/dW everywhere.
             w = reference.dense_weight(values, self.indices, self.in_features)
             w.retain_grad()
             self._dense_w = w
-            return F.linear(x, w, bias)
+            y = F.linear(x, w, bias)
+            return y if out_dtype is None else y.to(out_dtype)
         if self._dense_w is not None:
             self._dense_w = None
         flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
@@ -268,6 +265,7 @@ class SparseLinear(nn.Module):
             y = _cfi_forward_packed(flat, *self._packed_weights(values), bias, self.out_features)
         else:
             y = _cfi_forward(flat, values, self.indices, bias, self.t_index)
+        y = y if out_dtype is None else y.to(out_dtype)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     @staticmethod

@@ -98,11 +98,7 @@ class CondensedLayer:
             self.refresh()
         w, bias = m.weight, m.bias
         values = w.reshape(w.shape[0], -1).gather(1, self.idx_long)
-        device = x.device.type
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
-            x, values = x.to(dtype), values.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
+        # cfi_linear applies autocast (one compute dtype; nn.Linear's result dtype)
         if isinstance(m, nn.Linear):
             return cfi_linear(x, values, self.idx, bias, self.t_index)
         return self._conv(x, values, bias)

@@ -5,6 +5,12 @@ multi-tensor multiply) is then enough to keep pruned weights *and* their optimiz
 (SGD momentum, Adam moments, weight decay terms) exactly zero: every update term at a pruned
 position is a product with zero. Only a mask change needs more: newly dropped positions have
 nonzero weights and optimizer state, which :meth:`MaskManager.set_masks` zeroes once.
+
+The multiply's scale tensors take their weight's memory layout (channels_last convolutions
+have channels_last gradients): with mismatched strides ``_foreach_mul_`` leaves its fused
+multi-tensor kernel for one strided kernel per tensor. Nonzero counts are cached per mask
+(keyed by the tensor and its version counter) and recounted with one host read for all
+changed masks, so logging the density costs no sync between mask updates.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ class MaskManager:
         self.params: list[nn.Parameter] = [params[n] for n in self.names]
         self.masks: list[Tensor] = [torch.ones_like(p, dtype=torch.bool) for p in self.params]
         self._scale: list[Tensor] = [torch.ones_like(p) for p in self.params]
+        self._nnz: list[tuple[Tensor, int, int] | None] = [None] * len(self.params)
         self.optimizer: torch.optim.Optimizer | None = None
 
     def __len__(self) -> int:
@@ -43,7 +50,7 @@ class MaskManager:
             if mask.shape != p.shape or mask.dtype != torch.bool:
                 raise ValueError(f"mask for {self.names[i]} must be bool {tuple(p.shape)}")
             self.masks[i] = mask.to(p.device)
-            self._scale[i] = self.masks[i].to(p.dtype)
+            self._scale[i] = torch.empty_like(p).copy_(self.masks[i])  # p's strides
             p.mul_(self._scale[i])
             for state in self._state_tensors(p):
                 state.mul_(self._scale[i] if state.dtype == p.dtype else self.masks[i].to(state.dtype))
@@ -63,8 +70,18 @@ class MaskManager:
             torch._foreach_mul_(list(grads), list(scales))
 
     def nnz(self) -> list[int]:
-        # count_nonzero: a bool .sum() upcasts to int64 and is ~10x slower on the CPU
-        return [int(torch.count_nonzero(m)) for m in self.masks]
+        """Nonzeros per mask: cached; the masks changed since the last call are counted with
+        one host read in all (count_nonzero: a bool .sum() upcasts and is ~10x slower)."""
+        stale = [i for i, m in enumerate(self.masks) if not self._fresh(i, m)]
+        if stale:
+            counts = torch.stack([torch.count_nonzero(self.masks[i]) for i in stale]).tolist()
+            for i, n in zip(stale, counts):
+                self._nnz[i] = (self.masks[i], self.masks[i]._version, int(n))
+        return [entry[2] for entry in self._nnz]  # type: ignore[index]
+
+    def _fresh(self, i: int, mask: Tensor) -> bool:
+        entry = self._nnz[i]
+        return entry is not None and entry[0] is mask and entry[1] == mask._version
 
     def density(self) -> dict[str, float]:
         return {n: k / m.numel() for n, k, m in zip(self.names, self.nnz(), self.masks)}

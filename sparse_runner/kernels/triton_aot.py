@@ -1,0 +1,97 @@
+"""Compile the Triton kernels for real GPU targets without a GPU (a check, not a cache).
+
+Triton's interpreter runs the kernels' Python semantics on the CPU but skips the compiler, so
+a construct the compiler rejects would pass the interpreter tests. ``triton.compile`` with an
+explicit ``GPUTarget`` runs the whole pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin through
+the ptxas Triton ships) on any machine. At run time Triton compiles again for the GPU at hand,
+with its own specialisations, so this is a check that the kernels compile, not a prebuild.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import torch
+
+DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float64: "fp64",
+          torch.float16: "fp16"}
+ARCHS = (80, 90)
+
+
+def _variants(dtype: torch.dtype) -> list[tuple[str, object, dict, dict]]:
+    """(name, jit function, signature, constexprs) of every kernel the launchers use."""
+    from . import triton_cfi as tk
+
+    t = DTYPES[dtype]
+    acc = tk._acc(dtype)
+    ints = ("n_rows", "n_src", "nb", "k", "nnz", "s_sb", "s_sc", "s_ob", "s_or",
+            "src_numel", "out_numel")
+    spmm_sig = {"err": "*i32", "ptr": "*i32", "cols": "*i32", "pos": "*i32", "vals": f"*{t}", "src": f"*{t}",
+                "bias": f"*{t}", "out": f"*{t}", **{n: "i64" for n in ints}}
+    blocks = tk.DEFAULT_BLOCKS
+    base = {"BLOCK_R": blocks.rows, "BLOCK_B": blocks.batch, "BLOCK_K": blocks.k, "ACC": acc,
+            "CHECK": False}
+    fwd = {**base, "HAS_PTR": False, "HAS_POS": False, "HAS_BIAS": True}
+    bwd = {**base, "HAS_PTR": True, "HAS_POS": True, "HAS_BIAS": False}
+    sd_ints = ("nnz", "k", "n_src", "nb", "chunk", "s_db", "s_do", "s_xb", "s_xc",
+               "dy_numel", "x_numel")
+    acc_t = "fp64" if dtype == torch.float64 else "fp32"
+    sd_sig = {"err": "*i32", "idx": "*i32", "dy": f"*{t}", "x": f"*{t}", "part": f"*{acc_t}",
+              **{n: "i64" for n in sd_ints}}
+    sd = {"BLOCK_E": blocks.entries, "BLOCK_B": blocks.batch, "ACC": acc, "CHECK": False}
+    return [("forward", tk._spmm_kernel, spmm_sig, fwd),
+            ("backward_input", tk._spmm_kernel, spmm_sig, bwd),
+            ("backward_weight", tk._sddmm_kernel, sd_sig, sd)]
+
+
+def compile_kernel(fn: object, signature: dict, constexprs: dict, arch: int) -> dict:
+    """Compile one kernel for ``sm_<arch>``; returns the sizes the compiler reports."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    if isinstance(fn, InterpretedFunction):  # TRITON_INTERPRET=1: compile the same source
+        fn = JITFunction(fn.fn)
+    for name in constexprs:
+        signature = {**signature, name: "constexpr"}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32))
+    return {"cubin_bytes": len(kernel.asm["cubin"]), "shared": kernel.metadata.shared,
+            "ptx": kernel.asm["ptx"]}
+
+
+def ptxas_usage(ptx: str, arch: int) -> dict[str, int]:
+    """Registers and spill bytes of a kernel, from ``ptxas -v`` (the one Triton ships)."""
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    target = re.search(r"^\.target (\S+)", ptx, re.M)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_text(ptx)
+        r = subprocess.run([str(ptxas), f"-arch={target.group(1) if target else f'sm_{arch}'}",
+                            "-v", "k.ptx", "-o", "k.cubin"], cwd=tmp, capture_output=True,
+                           text=True, check=True)
+    regs = re.search(r"Used (\d+) registers", r.stderr)
+    spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", r.stderr)
+    return {"registers": int(regs.group(1)) if regs else 0,
+            "spill_bytes": sum(int(v) for v in spills)}
+
+
+def compile_all(archs: tuple[int, ...] = ARCHS,
+                dtypes: tuple[torch.dtype, ...] = tuple(DTYPES)) -> Iterator[str]:
+    """Compile every kernel variant for every arch; yield one line per compiled kernel."""
+    for arch in archs:
+        for dtype in dtypes:
+            for name, fn, sig, const in _variants(dtype):
+                t0 = time.perf_counter()
+                info = compile_kernel(fn, sig, const, arch)
+                yield (f"sm_{arch} {name} {DTYPES[dtype]}: {info['cubin_bytes']} B cubin, "
+                       f"{info['shared']} B shared, {time.perf_counter() - t0:.1f} s")
