@@ -21,9 +21,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from . import distributed as dist
 from .errors import TrainingFailed, UserError, one_line
 from .fsio import atomic_write, atomic_write_text, probe_dir
+from .launch import rank_overrides
 from .overrides import check_keys, normalise, parse
+from .stop import forward
 from .train import Interrupted
 
 CONF_PACKAGE = "sparse_runner.conf"
@@ -59,7 +62,9 @@ def _report(exc: BaseException, run_dir: Path | None = None) -> int:
                 else "no checkpoint was saved yet, so a rerun starts over")
         print(f"sparse-run: interrupted ({how}); {then}", file=sys.stderr)
         return INTERRUPTED
-    print(f"sparse-run: error: {one_line(exc)}", file=sys.stderr)
+    rank = int(os.environ.get("RANK", 0))  # every rank reports: it may be its error alone
+    where = f" (rank {rank})" if rank else ""
+    print(f"sparse-run: error{where}: {one_line(exc)}", file=sys.stderr)
     return getattr(exc, "exit_code", 1)
 
 
@@ -71,12 +76,17 @@ def task(cfg: DictConfig) -> Any:
     hc = HydraConfig.get()
     multirun = str(hc.mode) == "RunMode.MULTIRUN"
     try:
-        with owned(cfg, Path(hc.runtime.output_dir)) as own:
-            if own.done is None:
-                write_hydra_files(own.path, cfg)
-            summary = run(cfg, own.path)
+        if dist.launch_env().rank != 0:  # rank 0 owns the directory and writes its files
+            summary = run(cfg, Path(hc.runtime.output_dir))
+        else:
+            with owned(cfg, Path(hc.runtime.output_dir)) as own:
+                if own.done is None:
+                    write_hydra_files(own.path, cfg)
+                summary = run(cfg, own.path)
     except (UserError, TrainingFailed, Interrupted, KeyboardInterrupt) as exc:
         code = _report(exc, Path(hc.runtime.output_dir))
+        # checkpoint and summary are written: now the cluster's handler may requeue the job
+        forward(getattr(exc, "signum", 0))
         if isinstance(exc, KeyboardInterrupt) or not multirun:
             sys.exit(code)
         _failures.append(code)
@@ -116,11 +126,14 @@ def main() -> None:
     try:
         sys.argv[1:] = normalise(sys.argv[1:])
         check_command_line(sys.argv[1:])
+        sys.argv[1:] = rank_overrides(sys.argv[1:])  # torchrun: one run directory for all ranks
         _hydra_main()
     except UserError as exc:
         sys.exit(_report(exc))
     except KeyboardInterrupt as exc:
         sys.exit(_report(exc))
+    finally:
+        dist.shutdown()
     if _failures:
         print(f"sparse-run: {len(_failures)} job(s) of the sweep failed; see their summary.json",
               file=sys.stderr)

@@ -26,23 +26,25 @@ class MetricsFile:
     """Append-only JSON lines: each event is one whole-line append, fsynced, so a crash loses
     nothing already logged and can tear at most the last line (which readers skip)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        make_dirs(self.path.parent)
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled   # disabled: a data-parallel rank other than 0
+        if enabled:
+            make_dirs(self.path.parent)
 
     def truncate_after(self, step: int) -> None:
         """Drop events logged after ``step`` (they belong to the part a resume will redo) and a
         torn last line, so the next append starts on a line of its own."""
-        if self.path.exists():
+        if self.enabled and self.path.exists():
             rewrite_jsonl(self.path, lambda e: _step(e) <= step)
 
     def reset(self) -> None:
         """Start empty (a fresh start over what a failed attempt logged)."""
-        if self.path.exists() and self.path.stat().st_size:
+        if self.enabled and self.path.exists() and self.path.stat().st_size:
             atomic_write(self.path, b"")
 
     def write(self, event: Mapping[str, Any]) -> None:
-        append_line(self.path, json.dumps({k: _clean(v) for k, v in event.items()}))
+        if self.enabled:
+            append_line(self.path, json.dumps({k: _clean(v) for k, v in event.items()}))
 
     def read(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from . import ddp
+from . import distributed as dist
 from .data import Data, build_data, dataset_with_model_defaults
 from .errors import UserError
 from .flop_budget import BUDGETS, Budget, official_budget
@@ -38,6 +40,7 @@ class RunPlan:
     s: float = 0.0                        # requested sparsity
     s_eff: float = 0.0                    # sparsity of the sparse layers after Iso-FLOP
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dist: dist.Dist = field(default_factory=lambda: dist.SINGLE)   # data-parallel ranks
     data: Data | None = None
     method: SparsityMethod | None = None
     model: torch.nn.Module | None = None
@@ -88,6 +91,7 @@ def validate(cfg: DictConfig) -> None:
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise UserError(f"trainer.max_steps={steps} must be a positive integer or null "
                         "(null: trainer.epochs sets the length)")
+    dist.check_options(str(cfg.distributed.backend), str(cfg.distributed.mask_sync))
     if not isinstance(cfg.seed, int):
         raise UserError(f"seed={cfg.seed} must be an integer")
     if cfg.sparse.backend not in BACKENDS:
@@ -122,19 +126,24 @@ def build_plan(plan: RunPlan) -> RunPlan:
     cfg = plan.cfg
     validate(cfg)
     plan.s_eff = plan.s
-    plan.device = resolve_device(str(cfg.run.device))
+    plan.dist = dist.init(str(cfg.distributed.backend), str(cfg.run.device))
+    plan.device = plan.dist.device if plan.dist.enabled else resolve_device(str(cfg.run.device))
     t = cfg.trainer
     plan.data = build_data(dataset_with_model_defaults(cfg.dataset, cfg.model),
                            batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
                            seed=cfg.seed, device=plan.device, num_workers=t.num_workers)
     plan.task = build_task(plan.data.spec.task)
+    ddp.shard_data(plan.data, plan.dist, str(cfg.dataset.name))
     plan.method = build_method(cfg.method)
     _check_method(plan)
     _build_model(plan)
+    ddp.seed_rank(int(cfg.seed), plan.dist)
     plan.steps_per_epoch = len(plan.data.train) // t.grad_accum
     if plan.steps_per_epoch < 1:
+        ranks = f" x {plan.dist.world_size} ranks" if plan.dist.enabled else ""
         raise UserError(f"the training set ({plan.data.num_train} samples) is smaller than one "
-                        f"step of {t.batch_size * t.grad_accum}; lower trainer.batch_size")
+                        f"step of {t.batch_size * t.grad_accum}{ranks}; lower "
+                        "trainer.batch_size")
     plan.epochs, plan.total_steps = t.epochs, t.epochs * plan.steps_per_epoch
     if t.get("max_steps") is not None:  # the length in optimizer steps, for every task
         plan.total_steps = int(t.max_steps)

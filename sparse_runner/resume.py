@@ -38,6 +38,8 @@ def resume_trainer(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, An
         raise UserError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: "
                         f"{one_line(exc)[:160]}); resume with the settings it was written with "
                         "or choose a new out_dir") from None
+    if not metrics.enabled:  # a data-parallel rank other than 0: rank 0 keeps the files
+        return payload
     source = path.parent.parent / "metrics.jsonl"
     if source.exists() and source.resolve() != metrics.path.resolve():
         atomic_write(metrics.path, source.read_bytes())

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import ddp
+from . import distributed as dist
 from . import summary as sm
 from .errors import TrainingFailed, UserError, one_line
 from .loggers import Loggers, MetricsFile, WandbMirror
@@ -37,11 +39,15 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
 
 def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
     """Masks, optimizer, execution backend, schedule and loop for the planned run."""
-    cfg, t, model = plan.cfg, plan.cfg.trainer, plan.model
+    cfg, t, model, ranks = plan.cfg, plan.cfg.trainer, plan.model, plan.dist
     channels_last = _auto(t.channels_last, plan.device.type == "cuda")
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    model = plan.model = ddp.sync_bn(model, bool(t.sync_bn), ranks)
     plan.method.setup(model, plan.context())
+    mask_sync = str(cfg.distributed.mask_sync)
+    if ranks.enabled:
+        ddp.sync_initial_masks(plan.method, mask_sync)
     optimizer = build_optimizer(cfg.optimizer, model)
     plan.method.attach_optimizer(optimizer)
     apply_backend(str(cfg.sparse.backend), model, plan.method)
@@ -52,16 +58,19 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
         device=plan.device, amp_dtype=amp_dtype(str(t.precision), plan.device),
         channels_last=channels_last, label_smoothing=float(t.label_smoothing),
         log_every=t.log_every, stop_after_steps=t.stop_after_steps,
-        progress=None if t.progress == "auto" else bool(t.progress),
+        progress=(None if t.progress == "auto" else bool(t.progress)) if ranks.is_main() else False,
         checkpoint_dir=run_dir / "checkpoints",
         extra={"fingerprint": fingerprint(cfg), "config": trajectory_config(cfg),
                "s_effective": plan.s_eff},
         max_steps=plan.total_steps,
         spectral_every=int(cfg.sparse.spectral_every) if cfg.sparse.spectral else 0,
+        ranks=ranks, mask_sync=mask_sync,
     )
-    forward = torch.compile(model) if t.compile else model
+    forward = ddp.wrap(model, ranks, bool(cfg.distributed.find_unused_parameters))
+    forward = torch.compile(forward) if t.compile else forward
+    metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=ranks.is_main())
     return Trainer(model, plan.data, plan.method, optimizer, lr_at, plan.table, setup,
-                   Loggers(MetricsFile(run_dir / "metrics.jsonl")), forward, plan.task)
+                   Loggers(metrics), forward, plan.task)
 
 
 def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | None:
@@ -71,7 +80,7 @@ def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | N
 
 
 def attach_wandb(cfg: DictConfig, trainer: Trainer, run_dir: Path, run_id: str | None) -> None:
-    if cfg.logger.name != "wandb":
+    if cfg.logger.name != "wandb" or not dist.current().is_main():
         return
     mirror = WandbMirror(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), run_id)
     trainer.loggers.mirrors.append(mirror)
@@ -106,11 +115,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ``failed`` summary and are then re-raised for the CLI to turn into an exit code; bugs keep
     their traceback.
     """
-    with owned(cfg, Path(run_dir)) as own:
-        if own.done is not None:
-            print(f"{own.path} already holds this run, completed; nothing to do")
-            return own.done
-        return _run_owned(cfg, own.path)
+    launch = dist.launch_env()
+    if launch.rank != 0:  # rank 0 owns the directory for the whole data-parallel launch
+        if dist.shared_value(f"owned/{run_dir}", "", launch) != "train":
+            return {}     # rank 0 found the run completed, or could not own the directory
+        return _run_owned(cfg, Path(run_dir))
+    decision = "refused"
+    try:
+        with owned(cfg, Path(run_dir)) as own:
+            decision = "train" if own.done is None else "done"
+            dist.shared_value(f"owned/{run_dir}", decision, launch)
+            if own.done is not None:
+                print(f"{own.path} already holds this run, completed; nothing to do")
+                return own.done
+            return _run_owned(cfg, own.path)
+    finally:
+        if decision == "refused":
+            dist.shared_value(f"owned/{run_dir}", decision, launch)
 
 
 def _run_owned(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -122,7 +143,9 @@ def _run_owned(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         plan.cfg = resolve_auto(cfg, plan.s)
         if not _execute(plan, run_dir, trainers):
             out = sm.dry_run(plan, run_dir, t0)
-            sm.write(run_dir, out)
+            if plan.dist.is_main():
+                sm.write(run_dir, out)
+            dist.finish_together(str(run_dir))
             return out
     except Interrupted as exc:
         status, error, raised = "failed", f"interrupted ({exc}); resume with resume={run_dir}", exc
@@ -135,10 +158,15 @@ def _run_owned(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer = trainers[0] if trainers else None
     out = sm.build(plan, trainer.state if trainer else None, status, error, t0, run_dir,
                    spectral=trainer.spectral_final if trainer else None)
-    write_summary(run_dir, out, failing=raised is not None)
+    out["distributed"] = ddp.summary_section(
+        plan.dist, int(cfg.trainer.batch_size), int(cfg.trainer.grad_accum),
+        (trainer.mask_hashes if trainer else []) or [""] * plan.dist.world_size)
+    if plan.dist.is_main():  # the others wait until it is written (torchrun would stop rank 0
+        write_summary(run_dir, out, failing=raised is not None)  # if they exited first)
+    dist.finish_together(str(run_dir))
     if trainer is not None:
         trainer.loggers.close(_flat(out))
-    if plan.model is not None:  # a run that never got a model: the one-line error says it all
+    if plan.model is not None and plan.dist.is_main():  # else the one-line error says it all
         print(sm.result_text(out))
     if raised is not None:
         raise raised

@@ -9,6 +9,7 @@ One optimizer step calls the method's hooks in this order (the contract of
     if method.before_optimizer_step(step): optimizer.step()      # masks gradients; may skip
     optimizer.zero_grad(set_to_none=True)
     event = method.after_optimizer_step(step)                     # mask updates on schedule
+    (data-parallel runs: the ranks' masks are compared or rank 0's broadcast, see ddp.py)
 
 Losses, statistics and the non-finite flag stay on the device (no host sync per step).
 With a :class:`~sparse_runner.precision.Precision` (``precision=``) the forward runs in its
@@ -25,6 +26,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 from torch import Tensor, nn
 
+from . import ddp
 from .precision import Precision
 from .sparsity.method import SparsityMethod
 
@@ -53,7 +55,7 @@ class TrainStep:
                  autocast: Callable[[], ContextManager] = contextlib.nullcontext,
                  prep: Callable[[Any], Any] = lambda x: x,
                  precision: Precision | None = None,
-                 units: Callable[[Tensor], int] | None = None) -> None:
+                 units: Callable[[Tensor], int] | None = None, mask_sync: str | None = None) -> None:
         self.model, self.method, self.optimizer, self.loss_fn = model, method, optimizer, loss_fn
         self.forward = model if forward is None else forward   # maybe torch.compile'd: no bool()
         self.grad_accum, self.lr_at, self.stats = grad_accum, lr_at, stats
@@ -62,6 +64,7 @@ class TrainStep:
         self.backward = Tensor.backward if precision is None else precision.backward
         self.prep = prep
         self.units = units  # samples (default: y.shape[0]) or tokens a batch holds (the task's)
+        self.mask_sync = mask_sync   # data-parallel runs: "verify" | "broadcast" after mask updates
 
     def __call__(self, step: int, batches: Iterator[Batch]) -> StepResult:
         """Run optimizer step ``step`` (steps completed before this one) on the next batches."""
@@ -88,6 +91,9 @@ class TrainStep:
             n += count
         self._optimizer_step(step)
         event = method.after_optimizer_step(step)
+        if event is not None and self.mask_sync is not None:  # every rank, at the same step
+            event = {**event, "mask_hashes": ddp.sync_after_update(method, self.mask_sync,
+                                                                   step + 1)}
         return StepResult(loss_sum, n, finite, stats, event)
 
     def _optimizer_step(self, step: int) -> None:

@@ -9,8 +9,6 @@ epoch if need be.
 """
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +19,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import ddp
+from . import distributed as dist
 from .data import Data, Loader
 from .errors import TrainingFailed
 from .flops import LayerTable, train_flops_per_sample
@@ -28,11 +28,17 @@ from .loggers import Loggers
 from .precision import Precision
 from .sparsity import SparsityMethod, spectral
 from .step import TrainStep
+from .stop import StopRequest
 from .tasks import Classification, Task
 
 
 class Interrupted(Exception):
-    """Training stopped on request (signal or ``trainer.stop_after_steps``) after a checkpoint."""
+    """Training stopped on request (signal or ``trainer.stop_after_steps``) after a checkpoint;
+    ``signum`` is the signal that asked (0 for ``stop_after_steps``)."""
+
+    def __init__(self, message: str, signum: int = 0) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -68,6 +74,8 @@ class TrainSetup:
     extra: dict[str, Any] = field(default_factory=dict)  # saved with every checkpoint
     max_steps: int | None = None  # stop after this many optimizer steps (None: all epochs)
     spectral_every: int = 0  # Ramanujan metrics after every n-th mask update (0: never)
+    ranks: dist.Dist = field(default_factory=lambda: dist.SINGLE)  # data-parallel ranks
+    mask_sync: str = "verify"      # after mask updates on several ranks (ddp.py)
 
     @property
     def total_steps(self) -> int:
@@ -89,9 +97,16 @@ class Trainer:
         self.train_step = TrainStep(
             model, method, optimizer, self._loss, grad_accum=setup.grad_accum,
             forward=self.forward, lr_at=lr_at, stats=self.task.train_stats, prep=self._prep,
-            precision=self.precision, units=self.task.units)
+            precision=self.precision, units=self.task.units,
+            mask_sync=setup.mask_sync if setup.ranks.enabled else None)
         self._fwd_flops = table.sparse_fwd(method.density())
-        self._stop = False
+        # a signal on any rank stops every rank after the same step (checked on the CPU every
+        # step; on GPUs every log_every steps, where the loop synchronises anyway)
+        self.stop = StopRequest(setup.device, 1 if setup.device.type == "cpu" else setup.log_every)
+        self.mask_hashes: list[str] = []   # per rank, as of the last check
+        # DDP's forward is a collective (buffer broadcast): ranks with ragged test shards run
+        # different numbers of eval batches, so evaluation uses the plain module
+        self.eval_forward = model if setup.ranks.enabled else self.forward
         self._epoch_t0: float | None = None
         self._mask_updates = 0
         self.spectral_final: dict[str, Any] | None = None  # the metrics of the final masks
@@ -102,7 +117,7 @@ class Trainer:
         s = self.setup
         if self.state.step == 0:
             self._spectral("setup")
-        with self._stop_on_signals():
+        with self.stop:
             first = self.state.step // s.steps_per_epoch
             for epoch in range(first, s.epochs):
                 if self.state.step >= s.total_steps:
@@ -121,7 +136,7 @@ class Trainer:
                 if improved:
                     self.state.best = ev[self.task.best]
                 self.save(ckpt.LAST)
-                if improved:  # the same bytes as last.pt: link, not a second write
+                if improved and s.ranks.is_main():  # the same bytes as last.pt: link
                     ckpt.link_or_copy(self.setup.checkpoint_dir / ckpt.LAST,
                                       self.setup.checkpoint_dir / ckpt.BEST)
                 self._print_epoch(epoch, train_metrics, ev)
@@ -130,14 +145,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader: Loader) -> dict[str, float]:
+        """The task's metrics over the whole test set (each rank scores its shard with rank 0's
+        BatchNorm statistics; the sums are all-reduced)."""
         self.model.eval()
+        dist.broadcast_(list(self.model.buffers()))
         acc = self.task.eval_accumulator()
         for x, y in loader.batches(0):
             with self._autocast():
-                out = self.forward(self._prep(x))
+                out = self.eval_forward(self._prep(x))
             acc.update(out, y)
         self.model.train()
-        return acc.metrics()
+        return acc.metrics_from(dist.all_reduce_(acc.sums().to(self.setup.device)))
 
     def checkpoint_payload(self) -> dict[str, Any]:
         return {
@@ -149,12 +167,19 @@ class Trainer:
             "method": self.method.state_dict(),
             "state": {**asdict(self.state), "train_s": self.state.train_s + self._epoch_elapsed()},
             "rng": ckpt.rng_state(),
+            "rng_ranks": ddp.rank_rng_states(),
             "precision": self.precision.state_dict(),
             **self.setup.extra,
         }
 
     def save(self, name: str) -> None:
-        ckpt.save(self.setup.checkpoint_dir / name, self.checkpoint_payload())
+        """Every rank takes part (RNG states, a mask check); rank 0 writes."""
+        self.mask_hashes = dist.sync_masks(getattr(self.method, "masks", None),
+                                           self.setup.mask_sync,
+                                           f"at the checkpoint of step {self.state.step}")
+        payload = self.checkpoint_payload()
+        if self.setup.ranks.is_main():
+            ckpt.save(self.setup.checkpoint_dir / name, payload)
 
     def restore(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
@@ -162,7 +187,7 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.method.attach_optimizer(self.optimizer)
         self.state = TrainState(**payload["state"])
-        ckpt.set_rng_state(payload["rng"])
+        ddp.restore_rank_rng(payload)
         self.precision.load_state_dict(payload.get("precision", {}))
         self._fwd_flops = self.table.sparse_fwd(self.method.density())
 
@@ -190,9 +215,9 @@ class Trainer:
         t_last, n_last = time.perf_counter(), 0
         batches = self.data.train.batches(epoch, start_step * s.grad_accum)
 
-        def host() -> dict[str, float]:
-            return task.train_metrics(run_loss.item(), {k: v.item() for k, v in run_stats.items()},
-                                      run_n)
+        def host() -> dict[str, float]:   # running train metrics over all ranks
+            loss, stats, seen = self._global(run_loss, run_stats, run_n)
+            return {**task.train_metrics(loss, stats, seen), "_seen": seen}
 
         for _ in range(start_step, end_step):
             res = self.train_step(st.step, batches)
@@ -204,34 +229,54 @@ class Trainer:
             self._account(res.samples, res.event)
             bar.update(1)
             check = s.device.type == "cpu" or st.step % s.log_every == 0
-            if check and bool(bad):
+            if check and self._any(bad):
                 self._fail(float(run_loss / max(run_n, 1)), epoch)
             if st.step % s.log_every == 0 or st.step % s.steps_per_epoch == 0:
                 now, metrics = time.perf_counter(), host()
-                ups = (run_n - n_last) / max(now - t_last, 1e-9)
-                t_last, n_last = now, run_n
+                seen = metrics.pop("_seen")
+                ups = (seen - n_last) / max(now - t_last, 1e-9)
+                t_last, n_last = now, seen
                 self._log("train", st.step / s.steps_per_epoch,
                           {**metrics, "lr": self.optimizer.param_groups[0]["lr"],
                            task.throughput_key: ups})
                 bar.set_postfix_str(f"{task.format(metrics, task.shown_train)}  "
                                     f"{task.throughput_key} {ups:.0f}")
-            if self._stop or (s.stop_after_steps is not None and st.step >= s.stop_after_steps):
+            if self.stop.due(st.step) or (s.stop_after_steps is not None
+                                          and st.step >= s.stop_after_steps):
                 bar.close()
                 st.partial = {"loss_sum": run_loss.item(), "n": run_n,
                               "stats": {k: v.item() for k, v in run_stats.items()}}
                 self.save(ckpt.LAST)
-                raise Interrupted(f"stopped at step {st.step}")
+                raise Interrupted(f"stopped at step {st.step}", self.stop.signum)
         bar.close()
-        if bool(bad):
+        if self._any(bad):
             self._fail(float(run_loss / max(run_n, 1)), epoch)
-        return host()
+        metrics = host()
+        metrics.pop("_seen")
+        return metrics
+
+    def _any(self, flag: Tensor) -> bool:
+        """Whether ``flag`` is set on any rank (the same answer everywhere)."""
+        if not self.setup.ranks.enabled:
+            return bool(flag)
+        return bool(dist.all_reduce_(flag.to(torch.int32).reshape(1), "max"))
+
+    def _global(self, loss_sum: Tensor, stats: dict[str, Tensor],
+                n: int) -> tuple[float, dict[str, float], int]:
+        """Running (loss sum, stats, units) of this epoch over all ranks (one host sync)."""
+        keys = sorted(stats)
+        sums = torch.stack([loss_sum.double(), *(stats[k].double() for k in keys),
+                            loss_sum.new_tensor(float(n), dtype=torch.float64)])
+        values = dist.all_reduce_(sums).tolist()
+        return values[0], dict(zip(keys, values[1:-1])), int(values[-1])
 
     def _loss(self, out: Tensor, y: Tensor) -> Tensor:
         return self.task.loss(out, y, self.setup.label_smoothing)
 
     def _account(self, batch_n: int, event: dict[str, Any] | None) -> None:
-        """Training FLOPs of the step just taken; a mask change re-prices the forward."""
+        """Training FLOPs of the step just taken (all ranks); a mask change re-prices the forward."""
         st = self.state
+        batch_n *= self.setup.ranks.world_size   # every rank trains on as many units
         st.train_flops += train_flops_per_sample(self._fwd_flops) * batch_n
         st.train_flops += self.method.extra_flops(st.step, batch_n)
         st.units += batch_n
@@ -281,26 +326,9 @@ class Trainer:
         )
 
     def _print_epoch(self, epoch: int, tr: dict[str, float], ev: dict[str, float]) -> None:
+        if not self.setup.ranks.is_main():
+            return
         task = self.task
         tqdm.write(f"epoch {epoch + 1:>3}/{self.setup.epochs}  train "
                    f"{task.format(tr, task.shown_train)}  |  {task.format(ev, task.shown_eval)}  "
                    f"|  {self.state.epoch_s[-1]:.1f}s")
-
-    @contextlib.contextmanager
-    def _stop_on_signals(self):
-        """SIGTERM (cluster preemption) and SIGUSR1 finish the step, checkpoint, and stop."""
-        def handler(signum, frame):
-            self._stop = True
-
-        previous = {}
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                try:
-                    previous[sig] = signal.signal(sig, handler)
-                except ValueError:  # not the main thread
-                    pass
-        try:
-            yield
-        finally:
-            for sig, h in previous.items():
-                signal.signal(sig, h)

@@ -13,6 +13,8 @@ from typing import Iterator, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from .shard import check_shardable, num_batches, rank_key, rank_slice
+
 MASK64 = (1 << 64) - 1
 
 
@@ -60,6 +62,9 @@ class Loader(Protocol):
     def __len__(self) -> int: ...
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def shard(self, rank: int, world: int) -> None:
+        """Yield only rank ``rank``'s slice of each global batch from now on (data/shard.py)."""
 
 
 @dataclass
@@ -142,10 +147,16 @@ class TensorLoader:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.seed, self.shuffle, self.drop_last, self.augment = seed, shuffle, drop_last, augment
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> None:
+        """Serve rank ``rank``'s slice of every global batch of ``world`` ranks (data/shard.py)."""
+        check_shardable(self.images.shape[0], self.batch_size, world, self.drop_last,
+                        "training" if self.drop_last else "test")
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        n = self.images.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return num_batches(self.images.shape[0], self.batch_size, self.world, self.drop_last)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         n = self.images.shape[0]
@@ -154,15 +165,17 @@ class TensorLoader:
         else:
             order = torch.arange(n, device=self.images.device)
         params = self._epoch_params(epoch, start)
+        p0 = 0
         for b in range(start, len(self)):
-            lo = b * self.batch_size
-            idx = order[lo : lo + self.batch_size]
+            idx = order[rank_slice(b, self.batch_size, self.rank, self.world, n)]
+            if idx.numel() == 0:  # a ragged last test batch may leave a rank nothing
+                break
             x = self.images.index_select(0, idx).float()
             if self.scale != 1.0:
                 x.mul_(self.scale)
             if self.augment is not None:
-                p0 = lo - start * self.batch_size
                 x = self.augment.apply(x, params[:, p0 : p0 + idx.shape[0]])
+            p0 += idx.shape[0]
             yield (x - self.mean) / self.std, self.labels.index_select(0, idx)
 
     def _epoch_params(self, epoch: int, start: int) -> Tensor:
@@ -171,9 +184,11 @@ class TensorLoader:
         if self.augment is None:
             return torch.zeros(3, 0, dtype=torch.long)
         n = self.images.shape[0]
-        draws = [self.augment.draw(min(self.batch_size, n - b * self.batch_size),
-                                   generator(self.seed, epoch, b, 1))
-                 for b in range(start, len(self))]
+        rows = [rank_slice(b, self.batch_size, self.rank, self.world, n)
+                for b in range(start, len(self))]
+        key = rank_key(self.rank, self.world)   # () for one process: its draws are unchanged
+        draws = [self.augment.draw(r.stop - r.start, generator(self.seed, epoch, b, 1, *key))
+                 for b, r in zip(range(start, len(self)), rows)]
         flat = torch.cat(draws, 1) if draws else torch.zeros(3, 0, dtype=torch.long)
         cuda = self.images.device.type == "cuda"
         return (flat.pin_memory() if cuda else flat).to(self.images.device, non_blocking=cuda)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import UserError
 from .base import Data, DataSpec, generator
 from .options import data_root, int_option, subset_indices
+from .shard import check_shardable, num_batches, rank_slice
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -86,21 +87,30 @@ class _Images(Dataset):
 @dataclass(frozen=True)
 class _EpochPlan:
     """DataLoader batch sampler: the ``[(index, seed), ...]`` batches of one pass, from batch
-    ``start`` to ``stop``, built lazily in the main process."""
+    ``start`` to ``stop``, built lazily in the main process; with several ranks, this rank's
+    slice of each global batch (data/shard.py)."""
 
     order: Tensor
     seeds: Tensor
     batch_size: int
     start: int
     stop: int
+    rank: int = 0
+    world: int = 1
+
+    def _parts(self) -> Iterator[slice]:
+        n = self.order.numel()
+        for b in range(self.start, self.stop):
+            part = rank_slice(b, self.batch_size, self.rank, self.world, n)
+            if part.stop > part.start:
+                yield part
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for b in range(self.start, self.stop):
-            part = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        for part in self._parts():
             yield list(zip(self.order[part].tolist(), self.seeds[part].tolist()))
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return sum(1 for _ in self._parts())
 
 
 class FolderLoader:
@@ -117,20 +127,27 @@ class FolderLoader:
         self.dataset, self.batch_size, self.seed = dataset, int(batch_size), seed
         self.shuffle, self.drop_last, self.device = shuffle, drop_last, torch.device(device)
         self.num_workers = num_workers
+        self.rank, self.world = 0, 1
         # normalise uint8 directly: (x - 255 mean) / (255 std)
         self.mean = torch.tensor(MEAN, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(STD, device=self.device).view(1, -1, 1, 1) * 255
 
+    def shard(self, rank: int, world: int) -> None:
+        """Serve rank ``rank``'s slice of every global batch of ``world`` ranks (data/shard.py);
+        each image keeps the augmentation seed of its position, whichever rank decodes it."""
+        check_shardable(len(self.dataset), self.batch_size, world, self.drop_last,
+                        "training" if self.drop_last else "validation")
+        self.rank, self.world = rank, world
+
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return num_batches(len(self.dataset), self.batch_size, self.world, self.drop_last)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.dataset)
         gen = generator(self.seed, epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         seeds = torch.randint(0, 2**62, (n,), generator=gen)
-        plan = _EpochPlan(order, seeds, self.batch_size, start, len(self))
+        plan = _EpochPlan(order, seeds, self.batch_size, start, len(self), self.rank, self.world)
         # a private generator: DataLoader draws worker seeds from it (unused: every image has
         # its own seed) instead of from the global RNG, which training and resume depend on
         loader = iter(DataLoader(self.dataset, batch_sampler=plan, num_workers=self.num_workers,

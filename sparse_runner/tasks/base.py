@@ -23,13 +23,20 @@ class Shown:
 
 
 class Accumulator:
-    """Running sums of one evaluation; ``metrics()`` is the only host sync."""
+    """Running sums of one evaluation. ``sums()`` is one float64 vector (data-parallel runs
+    all-reduce it); ``metrics_from`` turns it into metrics: the only host sync."""
 
     def update(self, out: Tensor, target: Tensor) -> None:
         raise NotImplementedError
 
-    def metrics(self) -> dict[str, float]:
+    def sums(self) -> Tensor:
         raise NotImplementedError
+
+    def metrics_from(self, sums: Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, float]:
+        return self.metrics_from(self.sums())
 
 
 class Task:

@@ -17,24 +17,26 @@ def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -
 
 
 class ClassAccumulator(Accumulator):
+    """Sums of (loss, top-1 hits, top-5 hits, samples) on the device."""
+
     def __init__(self) -> None:
-        self.loss = self.c1 = self.c5 = None
-        self.n = 0
+        self.total: Tensor | None = None
 
     def update(self, out: Tensor, target: Tensor) -> None:
         loss = F.cross_entropy(out.float(), target, reduction="sum")
         a1, a5 = topk_correct(out, target)
-        if self.loss is None:
-            self.loss, self.c1, self.c5 = torch.zeros_like(loss), torch.zeros_like(a1), torch.zeros_like(a5)
-        self.loss, self.c1, self.c5 = self.loss + loss, self.c1 + a1, self.c5 + a5
-        self.n += target.numel()
+        part = torch.stack([loss.double(), a1.double(), a5.double(),
+                            loss.new_tensor(target.numel(), dtype=torch.float64)])
+        self.total = part if self.total is None else self.total + part
 
-    def metrics(self) -> dict[str, float]:
-        n = max(self.n, 1)
-        if self.loss is None:
+    def sums(self) -> Tensor:
+        return self.total if self.total is not None else torch.zeros(4, dtype=torch.float64)
+
+    def metrics_from(self, sums: Tensor) -> dict[str, float]:
+        loss, c1, c5, n = sums.tolist()
+        if n == 0:
             return {"loss": float("nan"), "acc1": 0.0, "acc5": 0.0}
-        return {"loss": self.loss.item() / n, "acc1": 100.0 * self.c1.item() / n,
-                "acc5": 100.0 * self.c5.item() / n}
+        return {"loss": loss / n, "acc1": 100.0 * c1 / n, "acc5": 100.0 * c5 / n}
 
 
 class Classification(Task):

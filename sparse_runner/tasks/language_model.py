@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -21,17 +22,22 @@ def token_loss(out: Tensor, target: Tensor, reduction: str = "mean",
 
 
 class TokenAccumulator(Accumulator):
+    """Sums of (loss in nats, tokens) on the device."""
+
     def __init__(self) -> None:
-        self.loss: Tensor | None = None
-        self.n = 0
+        self.total: Tensor | None = None
 
     def update(self, out: Tensor, target: Tensor) -> None:
         loss = token_loss(out, target, "sum")
-        self.loss = loss if self.loss is None else self.loss + loss
-        self.n += target.numel()
+        part = torch.stack([loss.double(), loss.new_tensor(target.numel(), dtype=torch.float64)])
+        self.total = part if self.total is None else self.total + part
 
-    def metrics(self) -> dict[str, float]:
-        loss = self.loss.item() / self.n if self.loss is not None and self.n else float("nan")
+    def sums(self) -> Tensor:
+        return self.total if self.total is not None else torch.zeros(2, dtype=torch.float64)
+
+    def metrics_from(self, sums: Tensor) -> dict[str, float]:
+        loss_sum, n = sums.tolist()
+        loss = loss_sum / n if n else float("nan")
         return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bpc": loss / math.log(2)}
 
 
