@@ -14,6 +14,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
 import torch  # noqa: E402
+import tqdm  # noqa: E402
+
+# No tqdm monitor thread: it takes tqdm's multiprocessing lock, which a test that forks
+# (test_faults.py) must not inherit held.
+tqdm.tqdm.monitor_interval = 0
 
 # The tests use tiny models, where a second intra-op thread costs more than it brings (and
 # thrashes when the 2 CI cores are shared); the kernels' threading is tested explicitly.

@@ -38,12 +38,35 @@ def run_once(root: Path, name: str = "run") -> None:
 VOLATILE = ("wall_time", "img_per_s")
 
 
+def _fresh_locks() -> None:
+    """A forked child inherits locks other threads of the test process may hold (tqdm's
+    multiprocessing write lock is one: a child blocked on it forever); give it its own."""
+    from tqdm import tqdm
+    from tqdm.std import TqdmDefaultWriteLock
+
+    tqdm.set_lock(TqdmDefaultWriteLock())
+
+
+HUNG = 240.0  # seconds: a child still running by then is stuck, not slow (runs take ~2 s)
+
+
 def in_child(fn: Callable[[], None], kill_after: float | None = None) -> int:
-    """Run ``fn`` in a forked child; returns its wait status (SIGKILL from outside optional)."""
+    """Run ``fn`` in a forked child; returns its wait status (SIGKILL from outside optional).
+    A child that hangs (a lock inherited held through fork) is killed and run once more."""
+    for _ in range(2):
+        hung = threading.Event()
+        status = _fork_and_wait(fn, kill_after, hung)
+        if not hung.is_set():
+            return status
+    raise AssertionError(f"the forked run hung twice (> {HUNG:.0f} s)")
+
+
+def _fork_and_wait(fn: Callable[[], None], kill_after: float | None, hung: threading.Event) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 0
         try:
+            _fresh_locks()
             fn()
         except BaseException:
             traceback.print_exc()
@@ -52,7 +75,15 @@ def in_child(fn: Callable[[], None], kill_after: float | None = None) -> int:
     timer = threading.Timer(kill_after, os.kill, (pid, signal.SIGKILL)) if kill_after else None
     if timer:
         timer.start()
+
+    def stuck() -> None:
+        hung.set()
+        os.kill(pid, signal.SIGKILL)
+
+    watchdog = threading.Timer(HUNG, stuck)
+    watchdog.start()
     _, status = os.waitpid(pid, 0)
+    watchdog.cancel()
     if timer:
         timer.cancel()
     return status
