@@ -105,7 +105,8 @@ def official_count(model: nn.Module, input_shape: Sequence[int],
         outputs = layer.fwd_flops // (2 * math.prod(layer.shape[1:]))
         less = outputs // layer.shape[0] if len(layer.shape) > 2 else outputs  # conv: per position
         layers.append(dataclasses.replace(layer, fwd_flops=layer.fwd_flops - less))
-    return OfficialCount(LayerTable(tuple(layers)), _fixed_ops(model, input_shape))
+    return OfficialCount(dataclasses.replace(table, layers=tuple(layers)),
+                         _fixed_ops(model, input_shape))
 
 
 @dataclasses.dataclass(frozen=True)

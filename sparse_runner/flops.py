@@ -1,9 +1,16 @@
 """Per-layer FLOPs from one shape trace, and the dense / sparse / training totals built on them.
 
-Convention (docs/architecture.md, "FLOPs"): 2 FLOPs per multiply-accumulate of conv/linear (what
-``torch.utils.flop_counter.FlopCounterMode`` counts); other ops are not counted. A training
-step costs forward + backward = 3x the forward, plus whatever the sparsity method adds.
-Sparse FLOPs scale each layer's dense FLOPs by its density (nonzero weights / all weights).
+Convention (docs/architecture.md, "FLOPs"): 2 FLOPs per multiply-accumulate, exactly what
+``torch.utils.flop_counter.FlopCounterMode`` counts for the whole model: conv and linear
+(the *weight ops*, one :class:`Layer` each) and every other op it knows (bmm/matmul of
+attention, scaled-dot-product attention, einsum, ...), kept as :class:`Op` rows of the table.
+Sparsity scales only the weight ops (each by its density, nonzero / all weights); the other
+ops cost the same at any sparsity, so Iso-FLOP matching and the training-FLOP log include them.
+A training step costs forward + backward = 3x the forward, plus whatever the method adds.
+
+FLOPs are per *unit*: per sample for images, per token for language models (``unit='token'``:
+the per-sequence counts divided by the sequence length), so ``train_flops += 3 * fwd * n``
+holds with n = samples or tokens of the batch.
 
 The trace runs the model once on the ``meta`` device (``torch.func.functional_call`` with meta
 copies of the parameters), so tracing a 10x-widened model costs no memory and no compute.
@@ -16,6 +23,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 TRAIN_FLOPS_FACTOR = 3  # forward + backward (dX and dW, each as costly as the forward)
 
@@ -34,10 +42,21 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class Op:
+    """FLOPs per unit of ops without a weight to sparsify (attention matmuls, SDPA, einsum)."""
+
+    name: str  # the aten op, e.g. "aten.bmm"
+    fwd_flops: int
+
+
+@dataclass(frozen=True)
 class LayerTable:
-    """All Conv/Linear layers of a model in execution order (first = stem, last = head)."""
+    """All Conv/Linear layers of a model in execution order (first = stem, last = head), plus
+    the FLOPs of the other ops (``ops``), per ``unit`` ("sample" or "token")."""
 
     layers: tuple[Layer, ...]
+    ops: tuple[Op, ...] = ()
+    unit: str = "sample"
 
     def __iter__(self):
         return iter(self.layers)
@@ -55,13 +74,18 @@ class LayerTable:
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
+    def other_fwd(self) -> int:
+        """Forward FLOPs per unit of the ops sparsity cannot reduce."""
+        return sum(op.fwd_flops for op in self.ops)
+
     def dense_fwd(self) -> int:
-        """Forward FLOPs per sample with every weight dense."""
-        return sum(layer.fwd_flops for layer in self.layers)
+        """Forward FLOPs per unit with every weight dense (weight ops + other ops)."""
+        return sum(layer.fwd_flops for layer in self.layers) + self.other_fwd()
 
     def sparse_fwd(self, density: Mapping[str, float]) -> float:
-        """Forward FLOPs per sample counting only nonzero weights (missing layers are dense)."""
-        return float(sum(layer.fwd_flops * density.get(layer.name, 1.0) for layer in self.layers))
+        """Forward FLOPs per unit counting only nonzero weights (missing layers are dense)."""
+        weights = sum(layer.fwd_flops * density.get(layer.name, 1.0) for layer in self.layers)
+        return float(weights + self.other_fwd())
 
     def params(self) -> int:
         """Weights of all Conv/Linear layers."""
@@ -69,7 +93,9 @@ class LayerTable:
 
 
 def _flops_per_sample(module: nn.Module, out: torch.Tensor) -> int:
-    per_sample_out = out.numel() // out.shape[0]
+    """FLOPs of one call in a batch-1 trace (all outputs: a model may fold patches or heads
+    into the first dimension, as MobileViT does)."""
+    per_sample_out = out.numel()
     if isinstance(module, nn.Linear):
         return 2 * per_sample_out * module.in_features
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -85,8 +111,16 @@ def flop_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
             yield name, module
 
 
-def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerTable:
-    """Run one meta-device forward of a single sample and record each Conv/Linear's FLOPs."""
+def _meta_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: torch.empty_like(v, device="meta")
+            for k, v in [*model.named_parameters(), *model.named_buffers()]}
+
+
+def trace_layers(model: nn.Module, input_shape: Sequence[int], *,
+                 dtype: torch.dtype = torch.float32, unit: str = "sample") -> LayerTable:
+    """One meta-device forward of a single sample: each Conv/Linear's FLOPs from hooks, every
+    other op FlopCounterMode counts as :class:`Op` rows. ``dtype=torch.long`` feeds token ids;
+    ``unit='token'`` divides by the sequence length (the last input dimension)."""
     order: list[str] = []
     flops: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -102,19 +136,48 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerTable:
             shapes[pname] = tuple(mod.weight.shape)
 
         handles.append(module.register_forward_hook(hook))
-    state = {k: torch.empty_like(v, device="meta")
-             for k, v in [*model.named_parameters(), *model.named_buffers()]}
-    x = torch.empty((1, *input_shape), device="meta")
+    x = torch.empty((1, *input_shape), device="meta", dtype=dtype)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            torch.func.functional_call(model, state, (x,))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            torch.func.functional_call(model, _meta_state(model), (x,))
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return LayerTable(tuple(Layer(n, shapes[n], flops[n]) for n in order))
+    per = int(input_shape[-1]) if unit == "token" else 1
+    by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    weights = sum(flops.values())
+    if counter.get_total_flops() < weights:
+        raise TypeError("FlopCounterMode counted fewer FLOPs than the Conv/Linear hooks; a "
+                        "layer's forward does not run its own weight op")
+    layers = tuple(Layer(n, shapes[n], _per_unit(flops[n], per)) for n in order)
+    return LayerTable(layers, _other_ops(by_op, weights, per), unit)
+
+
+WEIGHT_OPS = ("aten.convolution", "aten.addmm", "aten.mm")
+
+
+def _other_ops(by_op: Mapping[str, int], weights: int, per: int) -> tuple[Op, ...]:
+    """FlopCounterMode's per-op counts less the weight ops' share, as per-unit Op rows.
+
+    Linear on a 3-d input runs as bmm/mm, so the weight share is taken first from the weight
+    op names, then from the rest in name order; what remains is the ops' own FLOPs."""
+    rest = weights
+    out: dict[str, int] = {}
+    for name in [*[n for n in WEIGHT_OPS if n in by_op], *sorted(set(by_op) - set(WEIGHT_OPS))]:
+        take = min(rest, by_op[name])
+        rest -= take
+        if by_op[name] - take:
+            out[name] = by_op[name] - take
+    return tuple(Op(n, _per_unit(v, per)) for n, v in out.items())
+
+
+def _per_unit(flops: int, per: int) -> int:
+    if flops % per:
+        raise ValueError(f"{flops} FLOPs per sequence do not divide by its {per} tokens")
+    return flops // per
 
 
 def origins(table: LayerTable, baseline: LayerTable) -> dict[str, str | None]:

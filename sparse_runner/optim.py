@@ -49,7 +49,9 @@ def lr_schedule(cfg: Mapping[str, Any], base_lr: float, steps_per_epoch: int,
                 total_steps: int) -> Callable[[int], float]:
     """``lr(step)``: linear warm-up, then cosine / multi-step / constant (epochs in config)."""
     name = str(cfg["name"])
-    warmup = int(round(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch))
+    steps = cfg.get("warmup_steps")  # steps win over epochs (LM runs count steps)
+    warmup = (int(steps) if steps is not None
+              else int(round(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch)))
     if name == "cosine":
         floor = float(cfg.get("min_lr_ratio", 0.0)) * base_lr
 

@@ -7,22 +7,27 @@ The plan fills in stage by stage, so a failure still leaves what was known for t
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
+from typing import Any, Sequence
+
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from .data import Data, build_data
+from .data import Data, build_data, dataset_with_model_defaults
 from .errors import UserError
 from .flop_budget import BUDGETS, Budget, official_budget
 from .flops import LayerTable, trace_layers
 from .ift import build_ift_model
-from .isoflop import IsoFlopResult, isoflop_sparsity
+from .ift.feasible import isoflop_or_explain
+from .isoflop import S_MAX, IsoFlopResult
 from .methods import build_method
 from .models import build_model
 from .sparsity import SetupContext, SparsityMethod, select_sparse
 from .sparsity.backend import BACKENDS
+from .tasks import Task, build_task
 
 
 @dataclass
@@ -44,6 +49,9 @@ class RunPlan:
     budget: Budget | None = None          # sparse.flop_budget=official: what the search matches
     steps_per_epoch: int = 0
     total_steps: int = 0
+    epochs: int = 0                       # epochs the loop runs (the last may stop early)
+    task: Task | None = None              # the dataset's task: loss, metrics, FLOP unit
+    builder: Any = None                   # width_mult -> model (the IFT families call it)
 
     def context(self) -> SetupContext:
         """What the method's ``prepare`` / ``setup`` see."""
@@ -52,7 +60,14 @@ class RunPlan:
             table=self.table, sparse=self.sparse, s=self.s_eff, total_steps=self.total_steps,
             seed=int(self.cfg.seed), distribution=self.cfg.distribution,
             extra_dense=self.extra_dense, batches=lambda: data.train.batches(10**6),
-            loss_fn=torch.nn.functional.cross_entropy, device=self.device)
+            loss_fn=self.task.loss if self.task else torch.nn.functional.cross_entropy,
+            device=self.device)
+
+    def trace(self, model: torch.nn.Module) -> LayerTable:
+        """The layer table of ``model`` on the dataset's input (FLOPs per the task's unit)."""
+        spec = self.data.spec
+        return trace_layers(model, spec.input_shape, dtype=_input_dtype(spec.kind),
+                            unit=self.task.unit)
 
 
 def requested_sparsity(cfg: DictConfig) -> float:
@@ -69,6 +84,10 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.trainer[key]
         if not isinstance(value, int) or value < 1:
             raise UserError(f"trainer.{key}={value} must be a positive integer")
+    steps = cfg.trainer.get("max_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise UserError(f"trainer.max_steps={steps} must be a positive integer or null "
+                        "(null: trainer.epochs sets the length)")
     if not isinstance(cfg.seed, int):
         raise UserError(f"seed={cfg.seed} must be an integer")
     if cfg.sparse.backend not in BACKENDS:
@@ -105,8 +124,10 @@ def build_plan(plan: RunPlan) -> RunPlan:
     plan.s_eff = plan.s
     plan.device = resolve_device(str(cfg.run.device))
     t = cfg.trainer
-    plan.data = build_data(cfg.dataset, batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
+    plan.data = build_data(dataset_with_model_defaults(cfg.dataset, cfg.model),
+                           batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
                            seed=cfg.seed, device=plan.device, num_workers=t.num_workers)
+    plan.task = build_task(plan.data.spec.task)
     plan.method = build_method(cfg.method)
     _check_method(plan)
     _build_model(plan)
@@ -114,7 +135,10 @@ def build_plan(plan: RunPlan) -> RunPlan:
     if plan.steps_per_epoch < 1:
         raise UserError(f"the training set ({plan.data.num_train} samples) is smaller than one "
                         f"step of {t.batch_size * t.grad_accum}; lower trainer.batch_size")
-    plan.total_steps = t.epochs * plan.steps_per_epoch
+    plan.epochs, plan.total_steps = t.epochs, t.epochs * plan.steps_per_epoch
+    if t.get("max_steps") is not None:  # the length in optimizer steps, for every task
+        plan.total_steps = int(t.max_steps)
+        plan.epochs = math.ceil(plan.total_steps / plan.steps_per_epoch)
     plan.method.prepare(plan.model, plan.context())
     _search_isoflop(plan)
     return plan
@@ -138,24 +162,37 @@ def _check_method(plan: RunPlan) -> None:
                         "(s=0 is dense training: method=dense)")
 
 
+def _input_dtype(kind: str) -> torch.dtype:
+    return torch.long if kind == "text" else torch.float32
+
+
+def dense_patterns(patterns: Sequence[str], model: torch.nn.Module) -> list[str]:
+    """``sparse.dense`` for this model: ``stem`` is dropped for a model without one (GPT's
+    first Linear is an attention projection; ``dense_layers`` says what it has)."""
+    kept = getattr(model, "dense_layers", ("stem", "head"))
+    return [str(p) for p in patterns if p not in ("stem", "head") or p in kept]
+
+
 def _build_model(plan: RunPlan) -> None:
     cfg, spec = plan.cfg, plan.data.spec
-    shape = (spec.in_channels, spec.image_size, spec.image_size)
+    shape, dtype = spec.input_shape, _input_dtype(spec.kind)
 
     def build(width_mult: float) -> torch.nn.Module:
         return build_model(cfg.model, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                           image_size=spec.image_size, width_mult=width_mult)
+                           image_size=spec.image_size, width_mult=width_mult, kind=spec.kind,
+                           seq_len=spec.seq_len, dataset=spec.name)
 
+    plan.builder = build
     with torch.device("meta"):
         base = build(1.0)
-        plan.baseline = trace_layers(base, shape)
+        plan.baseline = plan.trace(base)
     seed_everything(int(cfg.seed))
-    plan.model = build_ift_model(cfg.ift, plan.s, build, shape)
-    plan.table = trace_layers(plan.model, shape)
+    plan.model = build_ift_model(cfg.ift, plan.s, build, shape, dtype)
+    plan.table = plan.trace(plan.model)
     if cfg.sparse.flop_budget == "official":
         plan.budget = official_budget(base, plan.model, shape, plan.table)
     if plan.method.sparse:
-        plan.sparse = select_sparse(plan.model, plan.table, cfg.sparse.dense)
+        plan.sparse = select_sparse(plan.model, plan.table, dense_patterns(cfg.sparse.dense, plan.model))
         if not plan.sparse:
             raise UserError("no layer is left to sparsify after sparse.dense; keep fewer "
                             "layers dense")
@@ -171,10 +208,22 @@ def _search_isoflop(plan: RunPlan) -> None:
             or not cfg.sparse.isoflop):
         return
     table, fixed, target = plan.table, 0, plan.baseline.dense_fwd()
-    if plan.budget is not None:
+    if plan.budget is not None:   # sparse.flop_budget=official: the official code's count
         table, fixed, target = plan.budget.table, plan.budget.fixed, plan.budget.target
-    plan.iso = isoflop_sparsity(
-        lambda x: method.mean_fwd_flops(table, plan.sparse, x, cfg.distribution,
-                                        plan.extra_dense) + fixed,
-        target=float(target))
+
+    def flops_at(table: LayerTable, sparse: list[str]) -> Any:
+        return lambda x: (method.mean_fwd_flops(table, sparse, x, cfg.distribution,
+                                                plan.extra_dense) + fixed)
+
+    def floor_at(s: float) -> float:
+        """Forward FLOPs of the member at requested sparsity s with its sparse layers ~empty."""
+        with torch.device("meta"):
+            model = build_ift_model(cfg.ift, s, plan.builder, plan.data.spec.input_shape,
+                                    _input_dtype(plan.data.spec.kind))
+        table = plan.trace(model)
+        sparse = select_sparse(model, table, dense_patterns(cfg.sparse.dense, model))
+        return flops_at(table, sparse)(S_MAX)
+
+    plan.iso = isoflop_or_explain(flops_at(table, plan.sparse), float(target), plan.s,
+                                  str(cfg.ift.name), floor_at)
     plan.s_eff = plan.iso.sparsity

@@ -28,7 +28,7 @@ from .runconfig import trajectory_config
 from .train import Interrupted, Trainer, TrainSetup
 
 FINGERPRINT_KEYS = ("model.name", "dataset.name", "method.name", "ift.name", "s", "seed",
-                    "distribution.name", "trainer.batch_size", "trainer.epochs")
+                    "distribution.name", "trainer.batch_size", "trainer.epochs", "trainer.max_steps")
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
     lr_at = lr_schedule(cfg.schedule, float(cfg.optimizer.lr), plan.steps_per_epoch,
                         plan.total_steps)
     setup = TrainSetup(
-        epochs=t.epochs, steps_per_epoch=plan.steps_per_epoch, grad_accum=t.grad_accum,
+        epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch, grad_accum=t.grad_accum,
         device=plan.device, amp_dtype=amp_dtype(str(t.precision), plan.device),
         channels_last=channels_last, label_smoothing=float(t.label_smoothing),
         log_every=t.log_every, stop_after_steps=t.stop_after_steps,
@@ -56,11 +56,12 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
         checkpoint_dir=run_dir / "checkpoints",
         extra={"fingerprint": fingerprint(cfg), "config": trajectory_config(cfg),
                "s_effective": plan.s_eff},
+        max_steps=plan.total_steps,
         spectral_every=int(cfg.sparse.spectral_every) if cfg.sparse.spectral else 0,
     )
     forward = torch.compile(model) if t.compile else model
     return Trainer(model, plan.data, plan.method, optimizer, lr_at, plan.table, setup,
-                   Loggers(MetricsFile(run_dir / "metrics.jsonl")), forward)
+                   Loggers(MetricsFile(run_dir / "metrics.jsonl")), forward, plan.task)
 
 
 def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | None:

@@ -37,8 +37,8 @@ StatsFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
 class StepResult:
     """What one optimizer step produced (device tensors; the caller decides when to sync)."""
 
-    loss_sum: Tensor                   # sum over samples of the per-sample loss
-    samples: int
+    loss_sum: Tensor                   # sum over units (samples or tokens) of the per-unit loss
+    samples: int                       # units the step saw: samples, or tokens for a language model
     finite: Tensor                     # bool: every micro-batch loss was finite
     stats: dict[str, Tensor] = field(default_factory=dict)   # sums, e.g. correct predictions
     event: dict[str, Any] | None = None                      # the method's mask-update event
@@ -52,7 +52,8 @@ class TrainStep:
                  lr_at: Callable[[int], float] | None = None, stats: StatsFn | None = None,
                  autocast: Callable[[], ContextManager] = contextlib.nullcontext,
                  prep: Callable[[Any], Any] = lambda x: x,
-                 precision: Precision | None = None) -> None:
+                 precision: Precision | None = None,
+                 units: Callable[[Tensor], int] | None = None) -> None:
         self.model, self.method, self.optimizer, self.loss_fn = model, method, optimizer, loss_fn
         self.forward = model if forward is None else forward   # maybe torch.compile'd: no bool()
         self.grad_accum, self.lr_at, self.stats = grad_accum, lr_at, stats
@@ -60,6 +61,7 @@ class TrainStep:
         self.autocast = autocast if precision is None else precision.autocast
         self.backward = Tensor.backward if precision is None else precision.backward
         self.prep = prep
+        self.units = units  # samples (default: y.shape[0]) or tokens a batch holds (the task's)
 
     def __call__(self, step: int, batches: Iterator[Batch]) -> StepResult:
         """Run optimizer step ``step`` (steps completed before this one) on the next batches."""
@@ -75,7 +77,8 @@ class TrainStep:
             self.backward(loss / micro)
             method.after_backward(step)
             detached = loss.detach()
-            count = int(y.shape[0]) if isinstance(y, Tensor) and y.ndim else 1
+            count = self.units(y) if self.units is not None else (
+                int(y.shape[0]) if isinstance(y, Tensor) and y.ndim else 1)
             loss_sum = detached * count if loss_sum is None else loss_sum + detached * count
             ok = torch.isfinite(detached)
             finite = ok if finite is None else finite & ok

@@ -20,6 +20,7 @@ from .fsio import atomic_write_text
 from .environment import device_name, versions
 from .flops import LayerTable, human, origins, train_flops_per_sample
 from .ift import describe_ift
+from .tasks import build_task
 
 if TYPE_CHECKING:
     from .plan import RunPlan
@@ -43,12 +44,15 @@ def build(plan: RunPlan, state: TrainState | None, status: str, error: str | Non
     out["seed"] = int(cfg.seed) if isinstance(cfg.seed, int) else cfg.seed
     if plan.table is not None and plan.model is not None:
         out.update(_model_sections(plan, state))
+    if plan.task is not None:
+        out["task"] = {"name": plan.task.name, "unit": plan.task.unit}
     if state is not None and state.epoch_s:
-        out["metrics"] = {"test_acc1": state.last_eval.get("acc1"),
-                          "test_acc5": state.last_eval.get("acc5"),
-                          "best_test_acc1": state.best_acc1, "train_loss": state.last_train_loss,
-                          "test_loss": state.last_eval.get("loss"), "steps": state.step}
-        out["time"] = {"train_s": state.train_s, "per_epoch_s": state.train_s / len(state.epoch_s)}
+        task = plan.task
+        out["metrics"] = {**task.summary_metrics(state.last_eval),
+                          f"best_test_{task.best}": state.best,
+                          "train_loss": state.last_train_loss, "steps": state.step}
+        out["time"] = {"train_s": state.train_s, "per_epoch_s": state.train_s / len(state.epoch_s),
+                       task.throughput_key: state.units / max(state.train_s, 1e-9)}
     if spectral is not None:
         out["spectral"] = dict(spectral)
     out.setdefault("time", {})["wall_s"] = time.perf_counter() - t0
@@ -72,7 +76,9 @@ def _model_sections(plan: RunPlan, state: TrainState | None) -> dict[str, Any]:
         "model": {"name": str(cfg.model.name), "ift": str(cfg.ift.name), "params_total": total,
                   "params_nonzero": nonzero, "ift_info": describe_ift(cfg.ift, plan.s, plan.model)},
         "sparsity": sparsity,
-        "flops": {"dense_baseline_fwd": plan.baseline.dense_fwd(),
+        "flops": {"unit": plan.table.unit,
+                  "dense_baseline_fwd": plan.baseline.dense_fwd(),
+                  "other_fwd": plan.table.other_fwd(),
                   "model_dense_fwd": plan.table.dense_fwd(),
                   "sparse_fwd": plan.table.sparse_fwd(density),
                   "train_total": state.train_flops if state is not None else 0.0}}
@@ -201,15 +207,18 @@ def result_text(summary: Mapping[str, Any]) -> str:
         ("sparsity target / effective", f"{sp.get('target')} / {_fmt(sp.get('effective'))}"),
         ("sparsity global / sparse layers", f"{_fmt(sp.get('global'))} / "
                                             f"{_fmt(sp.get('sparse_layers'))}"),
-        ("fwd FLOPs baseline / dense / sparse",
+        (f"fwd FLOPs per {fl.get('unit', 'sample')} baseline / dense / sparse",
          " / ".join(human(fl.get(k, 0)) for k in ("dense_baseline_fwd", "model_dense_fwd",
                                                    "sparse_fwd"))),
         ("train FLOPs", human(fl.get("train_total", 0))),
     ]
     if m:
-        rows += [("test acc1 / acc5", f"{_fmt(m.get('test_acc1'), 2)} / {_fmt(m.get('test_acc5'), 2)}"),
-                 ("best test acc1", _fmt(m.get("best_test_acc1"), 2)),
+        task = build_task(summary.get("task", {}).get("name", "classification"))
+        rows += [(f"test {sh.label.removeprefix('test ')}", _fmt(m.get(f"test_{sh.key}"), 4))
+                 for sh in task.shown_eval]
+        rows += [(f"best test {task.best}", _fmt(m.get(f"best_test_{task.best}"))),
                  ("train loss", _fmt(m.get("train_loss"))),
+                 (task.throughput_key, _fmt(summary.get("time", {}).get(task.throughput_key), 0)),
                  ("train time", f"{summary.get('time', {}).get('train_s', 0):.1f}s")]
     if summary.get("error"):
         rows.append(("error", summary["error"]))

@@ -1,8 +1,11 @@
 """The training loop: epochs of :class:`~sparse_runner.step.TrainStep`, eval, checkpoints.
 
-It knows nothing about which sparsity method runs: the method sees the loop only through the
-hooks that the step calls. Every epoch ends with an evaluation and an atomic ``last.pt``; a
-better test accuracy also writes ``best.pt``.
+It knows nothing about which sparsity method runs (the method sees the loop only through the
+hooks that the step calls) nor which task: loss, metrics, units and display come from the
+:class:`~sparse_runner.tasks.Task`. Every epoch ends with an evaluation and an atomic
+``last.pt``; a better value of the task's ``best`` metric also writes ``best.pt``.
+``max_steps`` (``trainer.max_steps``) ends training after that many optimizer steps, inside an
+epoch if need be.
 """
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -26,6 +28,7 @@ from .loggers import Loggers
 from .precision import Precision
 from .sparsity import SparsityMethod, spectral
 from .step import TrainStep
+from .tasks import Classification, Task
 
 
 class Interrupted(Exception):
@@ -38,8 +41,9 @@ class TrainState:
 
     step: int = 0
     train_flops: float = 0.0
-    best_acc1: float = -1.0
+    best: float | None = None  # best value of the task's ``best`` metric (test acc1, test loss)
     train_s: float = 0.0
+    units: int = 0  # samples (or tokens) trained on, for the throughput in summary.json
     epoch_s: list[float] = field(default_factory=list)
     last_train_loss: float = float("nan")
     last_eval: dict[str, float] = field(default_factory=dict)
@@ -62,35 +66,30 @@ class TrainSetup:
     progress: bool | None
     checkpoint_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)  # saved with every checkpoint
+    max_steps: int | None = None  # stop after this many optimizer steps (None: all epochs)
     spectral_every: int = 0  # Ramanujan metrics after every n-th mask update (0: never)
 
-
-def _train_stats(out: Tensor, y: Tensor) -> dict[str, Tensor]:
-    return {"correct": topk_correct(out, y, (1,))[0]}
-
-
-def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
-    """Number of samples whose label is within the top-k predictions, per k (capped at classes)."""
-    kmax = min(max(ks), logits.shape[1])
-    pred = logits.topk(kmax, dim=1).indices
-    hit = pred.eq(target[:, None])
-    return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
+    @property
+    def total_steps(self) -> int:
+        full = self.epochs * self.steps_per_epoch
+        return full if self.max_steps is None else min(full, self.max_steps)
 
 
 class Trainer:
     def __init__(self, model: nn.Module, data: Data, method: SparsityMethod,
                  optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float],
                  table: LayerTable, setup: TrainSetup, loggers: Loggers,
-                 forward: nn.Module | None = None) -> None:
+                 forward: nn.Module | None = None, task: Task | None = None) -> None:
         self.model, self.data, self.method, self.optimizer = model, data, method, optimizer
         self.forward = model if forward is None else forward  # possibly torch.compile'd (no bool())
         self.lr_at, self.table, self.setup, self.loggers = lr_at, table, setup, loggers
         self.state = TrainState()
+        self.task = task or Classification()
         self.precision = Precision(setup.device.type, setup.amp_dtype)
         self.train_step = TrainStep(
             model, method, optimizer, self._loss, grad_accum=setup.grad_accum,
-            forward=self.forward, lr_at=lr_at, stats=_train_stats, prep=self._prep,
-            precision=self.precision)
+            forward=self.forward, lr_at=lr_at, stats=self.task.train_stats, prep=self._prep,
+            precision=self.precision, units=self.task.units)
         self._fwd_flops = table.sparse_fwd(method.density())
         self._stop = False
         self._epoch_t0: float | None = None
@@ -106,6 +105,8 @@ class Trainer:
         with self._stop_on_signals():
             first = self.state.step // s.steps_per_epoch
             for epoch in range(first, s.epochs):
+                if self.state.step >= s.total_steps:
+                    break
                 self._epoch_t0 = time.perf_counter()
                 train_metrics = self._train_epoch(epoch)
                 spent = self._epoch_elapsed()
@@ -116,8 +117,9 @@ class Trainer:
                 ev = self.evaluate(self.data.test)
                 self.state.last_eval = ev
                 self._log("test", epoch + 1, ev)
-                improved = ev["acc1"] > self.state.best_acc1
-                self.state.best_acc1 = max(self.state.best_acc1, ev["acc1"])
+                improved = self.task.is_better(ev[self.task.best], self.state.best)
+                if improved:
+                    self.state.best = ev[self.task.best]
                 self.save(ckpt.LAST)
                 if improved:  # the same bytes as last.pt: link, not a second write
                     ckpt.link_or_copy(self.setup.checkpoint_dir / ckpt.LAST,
@@ -129,19 +131,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, loader: Loader) -> dict[str, float]:
         self.model.eval()
-        loss = torch.zeros((), device=self.setup.device)
-        c1 = torch.zeros((), device=self.setup.device, dtype=torch.long)
-        c5 = torch.zeros_like(c1)
-        n = 0
+        acc = self.task.eval_accumulator()
         for x, y in loader.batches(0):
             with self._autocast():
                 out = self.forward(self._prep(x))
-            loss += F.cross_entropy(out.float(), y, reduction="sum")
-            a1, a5 = topk_correct(out, y)
-            c1, c5, n = c1 + a1, c5 + a5, n + y.numel()
+            acc.update(out, y)
         self.model.train()
-        return {"loss": loss.item() / n, "acc1": 100.0 * c1.item() / n,
-                "acc5": 100.0 * c5.item() / n}
+        return acc.metrics()
 
     def checkpoint_payload(self) -> dict[str, Any]:
         return {
@@ -178,60 +174,67 @@ class Trainer:
         return self.precision.autocast()
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        s, st = self.setup, self.state
+        s, st, task = self.setup, self.state, self.task
         self.model.train()
         start_step = st.step - epoch * s.steps_per_epoch
+        end_step = min(s.steps_per_epoch, s.total_steps - epoch * s.steps_per_epoch)
         part = st.partial if start_step > 0 else {}
         run_loss = torch.tensor(part.get("loss_sum", 0.0), device=s.device)
-        run_correct = torch.tensor(int(part.get("correct", 0)), device=s.device)
+        run_stats = {k: torch.tensor(v, device=s.device) for k, v in part.get("stats", {}).items()}
         run_n = int(part.get("n", 0))
         st.partial = {}
         bad = torch.zeros((), dtype=torch.bool, device=s.device)
-        bar = tqdm(total=s.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{s.epochs}",
+        bar = tqdm(total=end_step, initial=start_step, desc=f"epoch {epoch + 1}/{s.epochs}",
                    disable=not s.progress if s.progress is not None else None, leave=False,
                    unit="step", dynamic_ncols=True)
         t_last, n_last = time.perf_counter(), 0
         batches = self.data.train.batches(epoch, start_step * s.grad_accum)
-        for _ in range(start_step, s.steps_per_epoch):
+
+        def host() -> dict[str, float]:
+            return task.train_metrics(run_loss.item(), {k: v.item() for k, v in run_stats.items()},
+                                      run_n)
+
+        for _ in range(start_step, end_step):
             res = self.train_step(st.step, batches)
             bad |= ~res.finite
             run_loss += res.loss_sum
-            run_correct += res.stats["correct"]
-            batch_n = res.samples
-            run_n += batch_n
-            self._account(batch_n, res.event)
+            for k, v in res.stats.items():
+                run_stats[k] = v if k not in run_stats else run_stats[k] + v
+            run_n += res.samples
+            self._account(res.samples, res.event)
             bar.update(1)
             check = s.device.type == "cpu" or st.step % s.log_every == 0
             if check and bool(bad):
                 self._fail(float(run_loss / max(run_n, 1)), epoch)
             if st.step % s.log_every == 0 or st.step % s.steps_per_epoch == 0:
-                mean = run_loss.item() / run_n
-                now = time.perf_counter()
-                ips = (run_n - n_last) / max(now - t_last, 1e-9)
+                now, metrics = time.perf_counter(), host()
+                ups = (run_n - n_last) / max(now - t_last, 1e-9)
                 t_last, n_last = now, run_n
                 self._log("train", st.step / s.steps_per_epoch,
-                          {"loss": mean, "acc1": 100.0 * run_correct.item() / run_n,
-                           "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": ips})
-                bar.set_postfix(loss=f"{mean:.3f}", acc=f"{100.0 * run_correct.item() / run_n:.1f}",
-                                img_s=f"{ips:.0f}")
+                          {**metrics, "lr": self.optimizer.param_groups[0]["lr"],
+                           task.throughput_key: ups})
+                bar.set_postfix_str(f"{task.format(metrics, task.shown_train)}  "
+                                    f"{task.throughput_key} {ups:.0f}")
             if self._stop or (s.stop_after_steps is not None and st.step >= s.stop_after_steps):
                 bar.close()
-                st.partial = {"loss_sum": run_loss.item(), "correct": run_correct.item(), "n": run_n}
+                st.partial = {"loss_sum": run_loss.item(), "n": run_n,
+                              "stats": {k: v.item() for k, v in run_stats.items()}}
                 self.save(ckpt.LAST)
                 raise Interrupted(f"stopped at step {st.step}")
         bar.close()
         if bool(bad):
             self._fail(float(run_loss / max(run_n, 1)), epoch)
-        return {"loss": run_loss.item() / max(run_n, 1), "acc1": 100.0 * run_correct.item() / max(run_n, 1)}
+        return host()
 
     def _loss(self, out: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(out, y, label_smoothing=self.setup.label_smoothing)
+        return self.task.loss(out, y, self.setup.label_smoothing)
 
     def _account(self, batch_n: int, event: dict[str, Any] | None) -> None:
         """Training FLOPs of the step just taken; a mask change re-prices the forward."""
         st = self.state
         st.train_flops += train_flops_per_sample(self._fwd_flops) * batch_n
         st.train_flops += self.method.extra_flops(st.step, batch_n)
+        st.units += batch_n
         st.step += 1
         if event is not None:
             self._fwd_flops = self.table.sparse_fwd(self.method.density())
@@ -278,9 +281,10 @@ class Trainer:
         )
 
     def _print_epoch(self, epoch: int, tr: dict[str, float], ev: dict[str, float]) -> None:
-        tqdm.write(f"epoch {epoch + 1:>3}/{self.setup.epochs}  train loss {tr['loss']:.4f} "
-                   f"acc {tr['acc1']:.2f}  |  test loss {ev['loss']:.4f} acc1 {ev['acc1']:.2f} "
-                   f"acc5 {ev['acc5']:.2f}  |  {self.state.epoch_s[-1]:.1f}s")
+        task = self.task
+        tqdm.write(f"epoch {epoch + 1:>3}/{self.setup.epochs}  train "
+                   f"{task.format(tr, task.shown_train)}  |  {task.format(ev, task.shown_eval)}  "
+                   f"|  {self.state.epoch_s[-1]:.1f}s")
 
     @contextlib.contextmanager
     def _stop_on_signals(self):

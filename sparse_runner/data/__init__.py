@@ -12,6 +12,7 @@ from .digits import build_digits
 from .fake import write_fake_cifar, write_fake_imagenet
 from .imagenet import build_imagenet
 from .synthetic import build_synthetic
+from .text import block_size_of, build_shakespeare, build_text, dataset_with_model_defaults
 
 DATASETS: Registry[Callable[..., Data]] = Registry("dataset")
 DATASETS.register("digits")(build_digits)
@@ -19,6 +20,8 @@ DATASETS.register("cifar10")(build_cifar10)
 DATASETS.register("cifar100")(build_cifar100)
 DATASETS.register("imagenet")(build_imagenet)
 DATASETS.register("synthetic")(build_synthetic)
+DATASETS.register("shakespeare")(build_shakespeare)
+DATASETS.register("text")(build_text)
 
 
 def build_data(cfg: Mapping[str, Any], *, batch_size: int, eval_batch_size: int, seed: int,
@@ -32,5 +35,5 @@ def build_data(cfg: Mapping[str, Any], *, batch_size: int, eval_batch_size: int,
     return factory(cfg, **kwargs)
 
 
-__all__ = ["Augment", "DATASETS", "Data", "DataSpec", "Loader", "TensorLoader", "build_data",
+__all__ = ["Augment", "DATASETS", "Data", "DataSpec", "Loader", "TensorLoader", "block_size_of", "build_data", "dataset_with_model_defaults",
            "mix_seed", "write_fake_cifar", "write_fake_imagenet"]

@@ -39,8 +39,17 @@ class DataSpec:
 
     name: str
     in_channels: int
-    num_classes: int
-    image_size: int  # height == width for every dataset we ship
+    num_classes: int  # classes, or the vocabulary size of a text dataset
+    image_size: int  # height == width for every image dataset we ship; 0 for text
+    kind: str = "image"  # "image" | "text": which models can take it
+    seq_len: int = 0  # text: the window (block_size) each sample holds
+    task: str = "classification"  # the tasks/ registry name: loss, metrics, FLOP unit
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape, as the FLOP trace feeds it."""
+        return (self.seq_len,) if self.kind == "text" else (self.in_channels, self.image_size,
+                                                            self.image_size)
 
 
 class Loader(Protocol):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from ..errors import UserError
@@ -22,15 +23,21 @@ def build_family(cfg: Mapping[str, Any]) -> IFTFamily:
 
 
 def build_ift_model(cfg: Mapping[str, Any], s: float, build: Callable[[float], nn.Module],
-                    input_shape: Sequence[int]) -> nn.Module:
-    """Build the base model through ``build(width_mult)`` and apply the IFT family for s."""
+                    input_shape: Sequence[int], input_dtype: torch.dtype = torch.float32
+                    ) -> nn.Module:
+    """Build the base model through ``build(width_mult)`` and apply the IFT family for s.
+
+    The stem and head (first and last Conv/Linear executed) stay untransformed; a model may
+    narrow that with a ``dense_layers`` attribute (GPT: ``("head",)``, its first Linear is an
+    attention projection, not a stem)."""
     family = build_family(cfg)
     if family.requires_sparsity and s <= 0:
         raise UserError(f"ift={family.name} needs a sparsity s > 0 (it is parameterised by s); "
                         "set e.g. s=0.5, or use ift=none for the dense model")
     model = family.build(build, s, input_shape)
-    names = trace_layers(model, input_shape).names
-    keep = {n.rsplit(".", 1)[0] for n in (names[:1] + names[-1:])}
+    names = trace_layers(model, input_shape, dtype=input_dtype).names
+    kept = getattr(model, "dense_layers", ("stem", "head"))
+    keep = {n.rsplit(".", 1)[0] for n in (names[:1] * ("stem" in kept) + names[-1:] * ("head" in kept))}
     return family.transform(model, s, keep)
 
 

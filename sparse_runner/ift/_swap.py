@@ -59,6 +59,30 @@ class Plan:
     depthwise: list[tuple[str, nn.Conv2d]] = field(default_factory=list)
 
 
+def plain_forward(module: nn.Module) -> bool:
+    """A Conv2d/Linear (or a subclass) whose forward is the plain op on its own weight: the
+    base classes' forward, or timm's ``Linear`` (F.linear on its weight, a TorchScript cast)."""
+    forward = type(module).forward
+    if forward in (nn.Linear.forward, nn.Conv2d.forward):
+        return True
+    return type(module).__module__.startswith("timm.layers.linear") and isinstance(module, nn.Linear)
+
+
+def refuse_unswappable(model: nn.Module, name: str, module: nn.Module, family: str) -> None:
+    """One line for a layer a member cannot replace: a subclass with its own forward (it may
+    transform its weight, e.g. weight standardisation), or one whose parent reads ``.weight``
+    directly instead of calling it (``nn.MultiheadAttention``'s ``out_proj``)."""
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    fix = f"leave it out with ift.exclude=['{name}'] or use ift=none"
+    if not isinstance(module, SUPPORTED) or not plain_forward(module):
+        raise UserError(f"ift={family} cannot transform layer {name!r} of type "
+                        f"{type(module).__name__} (only Conv2d and Linear whose forward is the "
+                        f"plain op); {fix}")
+    if isinstance(parent, nn.MultiheadAttention):
+        raise UserError(f"ift={family} cannot transform {name!r}: nn.MultiheadAttention reads its "
+                        f"weight directly instead of calling the layer; {fix}")
+
+
 def plan_layers(model: nn.Module, keep: set[str], exclude: Sequence[str], family: str, *,
                 grouped_ok: bool) -> Plan:
     """Sort the model's Conv/Linear layers into transformed / depthwise; reject the rest."""
@@ -74,12 +98,7 @@ def plan_layers(model: nn.Module, keep: set[str], exclude: Sequence[str], family
         if hits:
             used |= hits
             continue
-        if type(module) not in SUPPORTED:
-            raise UserError(
-                f"ift={family} cannot transform layer {name!r} of type {type(module).__name__} "
-                "(only plain Conv2d and Linear); leave it out with "
-                f"ift.exclude=['{name}'] or use ift=none"
-            )
+        refuse_unswappable(model, name, module, family)
         if is_depthwise(module):
             plan.depthwise.append((name, module))
         elif isinstance(module, nn.Conv2d) and module.groups > 1 and not grouped_ok:

@@ -15,11 +15,12 @@ from torch import nn
 
 from ..errors import UserError
 from ..flops import LayerTable, trace_layers
-from ..isoflop import IsoFlopResult, isoflop_sparsity
+from ..isoflop import S_MAX, IsoFlopResult, isoflop_sparsity
 from ..models import build_model
 from ..methods import build_method
 from ..sparsity import SparsityMethod, select_sparse
 from . import build_ift_model
+from .feasible import isoflop_or_explain
 
 # (in_channels, num_classes, image size) of the datasets the runner ships; data loaders report
 # the same values at run time, these let a report describe a model without any data on disk.
@@ -27,6 +28,8 @@ DATASET_SPECS: dict[str, tuple[int, int, int]] = {
     "cifar10": (3, 10, 32), "cifar100": (3, 100, 32), "imagenet": (3, 1000, 224),
     "digits": (1, 10, 8), "synthetic": (3, 10, 32),
 }
+# text datasets: vocabulary size (shakespeare: the 84 characters of the modern edition)
+TEXT_SPECS: dict[str, int] = {"shakespeare": 84}
 MEMBERS = ("wide", "parallel", "factorized", "doped")
 PAPER_S = (0.5, 0.75, 0.9)
 
@@ -59,43 +62,67 @@ class Survey:
     image_size: int
     dense: Sequence[str] = ("stem", "head")
     ift_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    seq_len: int = 0  # > 0: a text model fed token windows of this length (FLOPs per token)
 
     @classmethod
-    def for_dataset(cls, model: str, dataset: str, **kw: Any) -> "Survey":
+    def for_dataset(cls, model: str | Mapping[str, Any], dataset: str, **kw: Any) -> "Survey":
+        model_cfg = {"name": model} if isinstance(model, str) else dict(model)
+        if dataset in TEXT_SPECS:
+            seq = int(model_cfg.get("block_size") or 128)
+            return cls(model_cfg, 0, TEXT_SPECS[dataset], 0, seq_len=seq, **kw)
         if dataset not in DATASET_SPECS:
-            raise UserError(f"unknown dataset {dataset!r}; valid: {', '.join(sorted(DATASET_SPECS))}")
+            valid = sorted([*DATASET_SPECS, *TEXT_SPECS])
+            raise UserError(f"unknown dataset {dataset!r}; valid: {', '.join(valid)}")
         c, k, size = DATASET_SPECS[dataset]
-        return cls({"name": model}, c, k, size, **kw)
+        return cls(model_cfg, c, k, size, **kw)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.image_size, self.image_size)
+    def shape(self) -> tuple[int, ...]:
+        return (self.seq_len,) if self.seq_len else (self.in_channels, self.image_size, self.image_size)
+
+    @property
+    def trace_kw(self) -> dict[str, Any]:
+        return {"dtype": torch.long, "unit": "token"} if self.seq_len else {}
 
     def builder(self) -> Callable[[float], nn.Module]:
         def build(width_mult: float) -> nn.Module:
             return build_model(self.model_cfg, in_channels=self.in_channels,
                                num_classes=self.num_classes, image_size=self.image_size,
-                               width_mult=width_mult)
+                               width_mult=width_mult, kind="text" if self.seq_len else "image",
+                               seq_len=self.seq_len)
         return build
 
     @cached_property
     def baseline(self) -> LayerTable:
         with torch.device("meta"):
-            return trace_layers(self.builder()(1.0), self.shape)
+            return trace_layers(self.builder()(1.0), self.shape, **self.trace_kw)
 
     def member(self, ift: str, s: float) -> Member:
         cfg = {"name": ift, **self.ift_options.get(ift, {})}
+        kw = self.trace_kw
         with torch.device("meta"):
-            model = build_ift_model(cfg, s, self.builder(), self.shape)
-        table = trace_layers(model, self.shape)
-        return Member(ift, s, model, table, select_sparse(model, table, self.dense))
+            model = build_ift_model(cfg, s, self.builder(), self.shape, kw.get("dtype", torch.float32))
+        table = trace_layers(model, self.shape, **kw)
+        dense = [d for d in self.dense if d != "stem" or "stem" in getattr(model, "dense_layers", ("stem",))]
+        return Member(ift, s, model, table, select_sparse(model, table, dense))
 
 
 def search(member: Member, target: float, method: SparsityMethod | None = None,
-           distribution: Mapping[str, Any] | None = None) -> IsoFlopResult:
+           distribution: Mapping[str, Any] | None = None, survey: Survey | None = None
+           ) -> IsoFlopResult:
     """The run's Iso-FLOP search (run.py) for a member: the sparsity of its sparse layers whose
-    mean forward FLOPs equal ``target``."""
+    mean forward FLOPs equal ``target``. With ``survey``, an infeasible s is a one-line error
+    that names the highest feasible s."""
     method = method or build_method({"name": "static"})
     dist = dict(distribution or {"name": "uniform"})
-    return isoflop_sparsity(
-        lambda x: method.mean_fwd_flops(member.table, member.sparse, x, dist), target)
+
+    def flops_at(m: Member) -> Callable[[float], float]:
+        return lambda x: method.mean_fwd_flops(m.table, m.sparse, x, dist)
+
+    if survey is None:
+        return isoflop_sparsity(flops_at(member), target)
+
+    def floor_at(s: float) -> float:
+        return flops_at(survey.member(member.ift, s) if s > 0 else member)(S_MAX)
+
+    return isoflop_or_explain(flops_at(member), target, member.s, member.ift, floor_at)
