@@ -81,16 +81,17 @@ class Parallel(LayerSwap):
 
 def norms_after(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     """Names of the norm modules fed directly by a ParallelBranches output (one meta forward)."""
-    outputs: set[int] = set()
+    outputs: list[torch.Tensor] = []  # held, so no other tensor can reuse their ids
     found: list[str] = []
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, ParallelBranches):
             handles.append(module.register_forward_hook(
-                lambda _m, _i, out: outputs.add(id(out))))
+                lambda _m, _i, out: outputs.append(out)))
         elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
             handles.append(module.register_forward_hook(
-                lambda _m, inp, _o, name=name: found.append(name) if id(inp[0]) in outputs else None))
+                lambda _m, inp, _o, name=name: found.append(name)
+                if any(inp[0] is o for o in outputs) else None))
     state = {k: torch.empty_like(v, device="meta")
              for k, v in [*model.named_parameters(), *model.named_buffers()]}
     was_training = model.training
