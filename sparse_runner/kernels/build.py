@@ -37,8 +37,9 @@ from typing import Any
 import torch
 
 # device type -> (translation units, headers they include): all of them are hashed
-_SOURCES = {"cpu": (("cfi_cpu.cpp",), ("cfi_kernels.h", "cfi_packed.h", "cfi_checks.h",
-                                          "cfi_cpu_util.h")),
+_SOURCES = {"cpu": (("cfi_cpu.cpp", "sconv_cpu.cpp"),
+                    ("cfi_kernels.h", "cfi_packed.h", "cfi_checks.h", "cfi_cpu_util.h",
+                     "cpu_vec.h", "cpu_isa.h", "sconv_kernels.h", "sconv_geom.h")),
             "cuda": (("cfi_cuda.cpp", "cfi_cuda.cu"), ("cfi_cuda.h", "cfi_checks.h"))}
 _CFLAGS = ("-O3", "-fopenmp", "-Wno-psabi")
 _CUDA_CFLAGS = ("-O3", "-std=c++17")
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda", action="store_true", help="also build the CUDA kernels")
     parser.add_argument("--verbose", action="store_true", help="show compiler output")
     args = parser.parse_args(argv)
-    from . import ops  # noqa: F401  (defines the operator schemas the library registers into)
+    from . import ops, sconv_ops  # noqa: F401  (define the schemas the library registers into)
 
     for device_type in ("cpu", "cuda") if args.cuda else ("cpu",):
         reason = _missing_tool(device_type)
