@@ -63,7 +63,8 @@ def _model_sections(plan: RunPlan, state: TrainState | None) -> dict[str, Any]:
     sparsity = sparsity_section(plan.s, plan.s_eff, rows)
     sparsity["distribution"] = str(cfg.distribution.name)
     sparsity["backend"] = {"name": str(cfg.sparse.backend),
-                           "condensed_layers": backend.names() if backend else []}
+                           "condensed_layers": backend.names() if backend else [],
+                           "layers": backend.choices if backend else []}
     out: dict[str, Any] = {
         "model": {"name": str(cfg.model.name), "ift": str(cfg.ift.name), "params_total": total,
                   "params_nonzero": nonzero, "ift_info": describe_ift(cfg.ift, plan.s, plan.model)},
