@@ -19,8 +19,8 @@ REPEATS = 2
 
 
 def layer_inputs(model: nn.Module, modules: Sequence[nn.Module | None],
-                 example: Tensor | None) -> dict[int, Tensor]:
-    """id(module) -> its input on ``example[:TIMING_BATCH]`` (eval mode: no statistics move)."""
+                 example: Tensor | None, limit: int = TIMING_BATCH) -> dict[int, Tensor]:
+    """id(module) -> its input on ``example[:limit]`` (eval mode: no statistics move)."""
     if example is None:
         return {}
     seen: dict[int, Tensor] = {}
@@ -35,7 +35,7 @@ def layer_inputs(model: nn.Module, modules: Sequence[nn.Module | None],
     try:
         model.eval()
         with torch.no_grad():
-            model(example[:TIMING_BATCH])
+            model(example[:limit])
     finally:
         for h in handles:
             h.remove()
