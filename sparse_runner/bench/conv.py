@@ -150,7 +150,8 @@ def _stepper(plan: RunPlan, batch: tuple[torch.Tensor, torch.Tensor]) -> Callabl
     return one
 
 
-def bench_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench_steps(args: argparse.Namespace,
+                save: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(0)
     batch = (torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen),
              torch.randint(0, 10, (args.batch,), generator=gen))
@@ -165,8 +166,19 @@ def bench_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
                      "condensed_x_masked": t["condensed"] / t["masked"]})
         print(f"  s={s}: dense {t['dense']:.0f} ms, wide masked {rows[-1]['masked_x_dense']:.2f}x, "
               f"wide condensed {rows[-1]['condensed_x_dense']:.2f}x dense", flush=True)
+        save(rows)  # partial results survive an interrupted run
         del steps
     return rows
+
+
+def _write(out: dict[str, Any], path: Path | None) -> None:
+    if path is None:
+        return
+    out["load_avg_after"] = list(os.getloadavg())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,8 +191,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     if args.skip != "layers":
         out["layers"] = {"resnet18": bench_layers(args, "none"), "wide": bench_layers(args, "wide")}
+        _write(out, args.out)
     if args.skip != "steps":
-        out["steps"] = bench_steps(args)
+        out["steps"] = bench_steps(args, lambda rows: _write({**out, "steps": rows}, args.out))
+    _write(out, args.out)
     out["load_avg_after"] = list(os.getloadavg())
     return out
 
@@ -188,11 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     print(f"load average {os.getloadavg()[0]:.2f} (a shared machine inflates every time)")
-    res = run(args)
+    run(args)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=2) + "\n")
-        tmp.replace(args.out)
         print(f"wrote {args.out}")
     return 0
