@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_write_json
-from .environment import device_name, versions
+from .environment import device_name, peak_memory, versions
 from .flops import LayerTable, human, origins, train_flops_per_sample
 from .ift import describe_ift
 
@@ -48,6 +48,7 @@ def build(plan: RunPlan, state: TrainState | None, status: str, error: str | Non
                           "test_loss": state.last_eval.get("loss"), "steps": state.step}
         out["time"] = {"train_s": state.train_s, "per_epoch_s": state.train_s / len(state.epoch_s)}
     out.setdefault("time", {})["wall_s"] = time.perf_counter() - t0
+    out["memory"] = peak_memory(plan.device)
     out["device"] = device_name(plan.device)
     out["versions"] = versions()
     out["run_dir"] = str(run_dir)

@@ -157,6 +157,7 @@ def test_trains_condensed_end_to_end(tmp_path, method):
                                            if c["run"] != "dense"]
     assert all("ms_kernel" in c and "ms_dense" in c for c in backend["layers"])
     assert masked["sparsity"]["backend"]["condensed_layers"] == []
+    assert cond["memory"]["peak_rss_mb"] > 0 and masked["memory"]["peak_rss_mb"] > 0
     assert cond["flops"] == pytest.approx(masked["flops"], rel=1e-6)
     assert cond["metrics"]["train_loss"] == pytest.approx(masked["metrics"]["train_loss"], rel=2e-2)
 
