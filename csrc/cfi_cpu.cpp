@@ -33,6 +33,7 @@
 #include <torch/library.h>
 
 #include "cfi_checks.h"
+#include "cpu_isa.h"
 
 namespace sparse_run {
 namespace cpu {
@@ -97,7 +98,6 @@ namespace base {
 }  // namespace base
 
 // ---------------------------------------------------------------- instruction-set dispatch
-enum class Isa { base, avx2, avx512 };
 
 Isa detect_isa() {
 #ifdef CFI_MULTI_ISA

@@ -30,3 +30,17 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"cpu:{cpu_model()} x{torch.get_num_threads()} threads"
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory of this process so far: resident set (MB) and, on CUDA, allocated tensors."""
+    out: dict[str, float] = {}
+    try:
+        import resource
+
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except (ImportError, OSError):  # not on every platform
+        pass
+    if device.type == "cuda" and torch.cuda.is_available():
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out

@@ -37,6 +37,15 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
     return {k: OmegaConf.select(cfg, k) for k in FINGERPRINT_KEYS}
 
 
+def _example_batch(plan: RunPlan, channels_last: bool) -> torch.Tensor | None:
+    """A random batch of the run's input shape (the condensed backend times its layers on it)."""
+    if plan.data is None:
+        return None
+    spec, n = plan.data.spec, min(int(plan.cfg.trainer.batch_size), 16)
+    x = torch.randn(n, spec.in_channels, spec.image_size, spec.image_size, device=plan.device)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
 def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
     """Masks, optimizer, execution backend, schedule and loop for the planned run."""
     cfg, t, model, ranks = plan.cfg, plan.cfg.trainer, plan.model, plan.dist
@@ -50,7 +59,7 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
         ddp.sync_initial_masks(plan.method, mask_sync)
     optimizer = build_optimizer(cfg.optimizer, model)
     plan.method.attach_optimizer(optimizer)
-    apply_backend(str(cfg.sparse.backend), model, plan.method)
+    apply_backend(str(cfg.sparse.backend), model, plan.method, _example_batch(plan, channels_last))
     lr_at = lr_schedule(cfg.schedule, float(cfg.optimizer.lr), plan.steps_per_epoch,
                         plan.total_steps)
     setup = TrainSetup(

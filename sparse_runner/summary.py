@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_write_json
+from .environment import device_name, peak_memory, versions
 from .fsio import atomic_write_text
-from .environment import device_name, versions
 from .flops import LayerTable, human, origins, train_flops_per_sample
 from .ift import describe_ift
 from .tasks import build_task
@@ -56,6 +56,7 @@ def build(plan: RunPlan, state: TrainState | None, status: str, error: str | Non
     if spectral is not None:
         out["spectral"] = dict(spectral)
     out.setdefault("time", {})["wall_s"] = time.perf_counter() - t0
+    out["memory"] = peak_memory(plan.device)
     out["device"] = device_name(plan.device)
     out["versions"] = versions()
     out["run_dir"] = str(run_dir)
@@ -71,7 +72,8 @@ def _model_sections(plan: RunPlan, state: TrainState | None) -> dict[str, Any]:
     sparsity = sparsity_section(plan.s, plan.s_eff, rows)
     sparsity["distribution"] = str(cfg.distribution.name)
     sparsity["backend"] = {"name": str(cfg.sparse.backend),
-                           "condensed_layers": backend.names() if backend else []}
+                           "condensed_layers": backend.names() if backend else [],
+                           "layers": backend.choices if backend else []}
     out: dict[str, Any] = {
         "model": {"name": str(cfg.model.name), "ift": str(cfg.ift.name), "params_total": total,
                   "params_nonzero": nonzero, "ift_info": describe_ift(cfg.ift, plan.s, plan.model)},

@@ -1,4 +1,4 @@
-"""sparse.backend=condensed: constant fan-in layers train through the kernels, same math."""
+"""sparse.backend=condensed: every mask-based method trains through the kernels, same math."""
 from __future__ import annotations
 
 import pytest
@@ -32,7 +32,10 @@ def setup(method: str, s: float = 0.8, seed: int = 0, **opts):
     model = Net()
     m = build_method({"name": method, **opts})
     table = trace_layers(model, (3, 8, 8))
-    m.setup(model, SetupContext(table=table, sparse=SPARSE, s=s, total_steps=40, seed=seed))
+    data = [(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(seed)),
+             torch.arange(4) % 10)]
+    m.setup(model, SetupContext(table=table, sparse=SPARSE, s=s, total_steps=40, seed=seed,
+                                batches=lambda: iter(data), loss_fn=nn.functional.cross_entropy))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     m.attach_optimizer(opt)
     return model, m, opt
@@ -45,18 +48,26 @@ def grads(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, to
     return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_condensed_forward_and_gradients_match_masked():
+DT = {"delta_t": 5}
+MASK_METHODS = [("static", {}), ("static", {"fan_in": "constant"}), ("set", DT), ("rigl", DT),
+                ("srigl", DT), ("granet", DT), ("snip", {}), ("grasp", {}), ("force", {})]
+
+
+@pytest.mark.parametrize("method,opts", MASK_METHODS,
+                         ids=[m + ("_cfi" if "fan_in" in o else "") for m, o in MASK_METHODS])
+def test_condensed_forward_and_gradients_match_masked(method, opts):
     x = torch.randn(5, 3, 8, 8)
-    ref_model, ref_method, _ = setup("static", fan_in="constant")
+    ref_model, ref_method, _ = setup(method, **opts)
     y_ref, g_ref = grads(ref_model, x)
-    model, method, _ = setup("static", fan_in="constant")
-    backend = apply_backend("condensed", model, method)
+    model, m, _ = setup(method, **opts)
+    backend = apply_backend("condensed", model, m)
     assert backend.names() == SPARSE
-    assert all(isinstance(m.forward, CondensedLayer) for m in (model.c1, model.c2, model.fc))
+    assert all(isinstance(mod.forward, CondensedLayer) for mod in (model.c1, model.c2, model.fc))
+    assert [c["run"] for c in backend.choices] == ["sconv", "sconv", "cfi"]
     y, g = grads(model, x)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     for i, name in enumerate(SPARSE):
-        mask = method.masks.masks[i]
+        mask = m.masks.masks[i]
         torch.testing.assert_close(g[name][mask], g_ref[name][mask], rtol=1e-4, atol=1e-5)
         assert not g[name][~mask].any()         # the kernels only produce the nonzeros
     torch.testing.assert_close(g["c2.bias"], g_ref["c2.bias"], rtol=1e-4, atol=1e-5)
@@ -64,9 +75,34 @@ def test_condensed_forward_and_gradients_match_masked():
     assert list(model.state_dict()) == list(ref_model.state_dict())
 
 
-def test_mask_updates_rebuild_the_index_and_dense_steps_give_dense_grads():
-    """SRigL with an update every 2 steps: each installed mask is the one the kernels run."""
-    model, method, opt = setup("srigl", s=0.75, delta_t=2)
+def test_per_layer_choice_is_timed_and_listed():
+    model, m, _ = setup("rigl")
+    before = [p.detach().clone() for p in model.parameters()]
+    backend = apply_backend("condensed", model, m, example=torch.randn(4, 3, 8, 8))
+    assert [c["name"] for c in backend.choices] == SPARSE
+    for choice in backend.choices:
+        assert choice["ms_kernel"] > 0 and choice["ms_dense"] > 0
+        assert choice["run"] == ("dense" if choice["ms_dense"] < choice["ms_kernel"]
+                                 else {"c1.weight": "sconv", "c2.weight": "sconv"}.get(
+                                     choice["name"], "cfi"))
+    assert backend.names() == [c["name"] for c in backend.choices if c["run"] != "dense"]
+    assert all(p.grad is None for p in model.parameters())       # timing left no trace
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_grouped_convolutions_stay_dense_and_are_reported():
+    model, m, _ = setup("static")
+    model.c2 = nn.Conv2d(8, 6, 3, stride=2, padding=1, groups=2)
+    m.masks.masks[1] = torch.ones_like(model.c2.weight, dtype=torch.bool)
+    backend = apply_backend("condensed", model, m)
+    assert backend.names() == ["c1.weight", "fc.weight"]
+    assert backend.choices[1]["run"] == "dense" and "groups=2" in backend.choices[1]["reason"]
+
+
+@pytest.mark.parametrize("name", ["srigl", "rigl"])
+def test_mask_updates_rebuild_the_index_and_dense_steps_give_dense_grads(name):
+    """Updates every 2 steps: each installed mask is the one the kernels run."""
+    model, method, opt = setup(name, s=0.75, delta_t=2)
     apply_backend("condensed", model, method)
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     seen = set()
@@ -94,11 +130,9 @@ def test_mask_updates_rebuild_the_index_and_dense_steps_give_dense_grads():
 
 
 @pytest.mark.parametrize("method,opts,match", [
-    ("rigl", {"delta_t": 5}, "not constant fan-in"),
-    ("static", {}, "not constant fan-in"),
     ("nm", {"preset": "2:4"}, "straight-through"),
 ])
-def test_methods_without_constant_fan_in_are_refused(method, opts, match):
+def test_methods_that_cannot_run_condensed_are_refused(method, opts, match):
     model, m, _ = setup(method, s=0.5, **opts)
     with pytest.raises(UserError, match=match):
         apply_backend("condensed", model, m)
@@ -110,15 +144,20 @@ def test_unknown_backend_is_refused():
         apply_backend("csr", model, m)
 
 
-def test_srigl_trains_condensed_end_to_end(tmp_path):
+@pytest.mark.parametrize("method", ["srigl", "rigl"])
+def test_trains_condensed_end_to_end(tmp_path, method):
     """The runner path: same result as masked to float rounding, layers reported in summary."""
-    common = ("method=srigl", "s=0.8", "trainer.stop_after_steps=null", "method.delta_t=5")
+    common = (f"method={method}", "s=0.8", "trainer.stop_after_steps=null", "method.delta_t=5")
     masked = run_tiny(tmp_path, *common, name="masked")
     cond = run_tiny(tmp_path, *common, "sparse.backend=condensed", name="condensed")
     assert cond["status"] == "completed"
-    layers = cond["sparsity"]["backend"]["condensed_layers"]
-    assert cond["sparsity"]["backend"]["name"] == "condensed" and len(layers) == 19
+    backend = cond["sparsity"]["backend"]
+    assert backend["name"] == "condensed" and len(backend["layers"]) == 19
+    assert backend["condensed_layers"] == [c["name"] for c in backend["layers"]
+                                           if c["run"] != "dense"]
+    assert all("ms_kernel" in c and "ms_dense" in c for c in backend["layers"])
     assert masked["sparsity"]["backend"]["condensed_layers"] == []
+    assert cond["memory"]["peak_rss_mb"] > 0 and masked["memory"]["peak_rss_mb"] > 0
     numbers = lambda fl: {k: v for k, v in fl.items() if k != "unit"}  # noqa: E731
     assert cond["flops"]["unit"] == masked["flops"]["unit"] == "sample"
     assert numbers(cond["flops"]) == pytest.approx(numbers(masked["flops"]), rel=1e-6)
@@ -126,9 +165,9 @@ def test_srigl_trains_condensed_end_to_end(tmp_path):
 
 
 def test_cli_errors(tmp_path):
-    r = cli("method=rigl", "s=0.9", "sparse.backend=condensed", "trainer.epochs=1",
-            f"out_dir={tmp_path / 'a'}", "model.base_width=8")
+    r = cli("method=nm", "method.preset=2:4", "s=0.5", "sparse.backend=condensed",
+            "trainer.epochs=1", f"out_dir={tmp_path / 'a'}", "model.base_width=8")
     assert r.returncode == 2, r.stderr
-    assert "not constant fan-in" in r.stderr and "Traceback" not in r.stderr
+    assert "straight-through" in r.stderr and "Traceback" not in r.stderr
     r = cli("sparse.backend=gpu", f"out_dir={tmp_path / 'b'}")
     assert r.returncode == 2 and "sparse.backend=gpu is unknown" in r.stderr

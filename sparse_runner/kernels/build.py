@@ -43,8 +43,9 @@ from typing import Any
 import torch
 
 # (translation units, headers they include): all of them are hashed
-_SOURCES = (("cfi_cpu.cpp",), ("cfi_kernels.h", "cfi_packed.h", "cfi_checks.h",
-                               "cfi_cpu_util.h"))
+_SOURCES = (("cfi_cpu.cpp", "sconv_cpu.cpp"),
+            ("cfi_kernels.h", "cfi_packed.h", "cfi_checks.h", "cfi_cpu_util.h", "cpu_vec.h",
+             "cpu_isa.h", "sconv_kernels.h", "sconv_geom.h"))
 _CFLAGS = ("-O3", "-fopenmp", "-Wno-psabi")
 
 _lock = threading.Lock()
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cuda and "triton" not in sys.modules:
         os.environ["TRITON_INTERPRET"] = "0"  # compile for real targets, not the interpreter
-    from . import ops  # noqa: F401  (defines the operator schemas the library registers into)
+    from . import ops, sconv_ops  # noqa: F401  (define the schemas the library registers into)
 
     for device_type in ("cpu", "cuda") if args.cuda else ("cpu",):
         reason = _missing_tool(device_type)

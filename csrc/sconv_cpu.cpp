@@ -1,0 +1,400 @@
+// CPU kernels of the sparse_run::sconv_* operators: direct sparse Conv2d (no im2col matrix).
+//
+// The weight is ELL: values [O, K] and int32 index [O, K], index = c * kh * kw + i * kw + j
+// (the column of the flattened [O, C * kh * kw] weight), -1 for a padded slot (skipped by the
+// forward and the input gradient; its weight gradient is exactly zero). Schemas, fake kernels
+// and autograd are in Python (sparse_runner/kernels/sconv_ops.py).
+//   sconv_forward(x, values, index, kernel, stride, padding)              y  [B, O, oh, ow]
+//   sconv_backward_input(grad, values, index, in_size, kernel, stride, padding)  dx [B, C, H, W]
+//   sconv_backward_weight(grad, x, index, kernel, stride, padding)        dv [O, K]
+// Each call copies its activations into the unit layout of sconv_kernels.h (batch chunks of
+// 64 bytes innermost, stride phases, zero margins), runs the kernel with at::parallel_for
+// and copies the result back to NCHW. Geometry: sconv_geom.h.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SCONV_MULTI_ISA 1
+#include <immintrin.h>
+#endif
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "cfi_checks.h"
+#include "cpu_isa.h"
+#include "sconv_geom.h"
+
+namespace sparse_run {
+namespace cpu {
+
+#ifdef SCONV_MULTI_ISA
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
+namespace avx512 {
+#include "sconv_kernels.h"
+}  // namespace avx512
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "sconv_kernels.h"
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+namespace base {
+#include "sconv_kernels.h"
+}  // namespace base
+
+template <typename F> auto on_conv_isa(const F& f) {
+  switch (active_isa().load(std::memory_order_relaxed)) {
+#ifdef SCONV_MULTI_ISA
+    case Isa::avx512: return f(avx512::ConvKernels{});
+    case Isa::avx2: return f(avx2::ConvKernels{});
+#endif
+    default: return f(base::ConvKernels{});
+  }
+}
+
+template <typename S> struct ConvRaw { using type = S; };
+template <> struct ConvRaw<at::BFloat16> { using type = uint16_t; };
+template <typename S> using conv_raw_t = typename ConvRaw<S>::type;
+template <typename S> using conv_acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
+
+// ---------------------------------------------------------------- unit layout copies
+// Where plane p of a [B, P, H, W] tensor lives in a unit buffer [chunk][P * nph][rows][cols]:
+// element (u, v) goes to phase phase[(u % sh) * sw + v % sw] (if >= 0), row u / sh + r0,
+// column v / sw + c0 (clipped to the grid).
+struct UnitGrid {
+  int64_t sh, sw;
+  const int64_t* phase;
+  int64_t nph, rows, cols, r0, c0;
+};
+
+const int64_t kNoPhase[1] = {0};
+UnitGrid plain_grid(int64_t rows, int64_t cols, int64_t r0, int64_t c0) {
+  return {1, 1, kNoPhase, 1, rows, cols, r0, c0};
+}
+UnitGrid phase_grid(const ConvGeom& g, int64_t rows, int64_t cols, int64_t r0, int64_t c0) {
+  return {g.sh, g.sw, g.phase.data(), g.nph, rows, cols, r0, c0};
+}
+
+template <typename F> void by_size(int64_t size, const F& f) {
+  if (size == 2) f(uint16_t{});
+  else if (size == 4) f(uint32_t{});
+  else f(uint64_t{});
+}
+
+// Column table of a grid: for row phase a and column v, the unit offset within a plane group
+// (phase plane * rows * cols + column), or -1 when the grid does not hold the element.
+std::vector<int64_t> column_table(const UnitGrid& q, int64_t w) {
+  std::vector<int64_t> t(size_t(q.sh * w));
+  for (int64_t a = 0; a < q.sh; ++a)
+    for (int64_t v = 0; v < w; ++v) {
+      const int64_t ph = q.phase[a * q.sw + v % q.sw], c = v / q.sw + q.c0;
+      t[size_t(a * w + v)] = ph < 0 || c >= q.cols ? -1 : ph * q.rows * q.cols + c;
+    }
+  return t;
+}
+
+// f(lane pointers, n lanes, group base unit) for every (chunk, plane) of a [B, P, H, W]
+// tensor in parallel; the group of plane p of chunk ch starts at unit (ch * P + p) * nph * rows * cols.
+template <typename U, typename F>
+void for_planes(U* nchw, int64_t b, int64_t planes, int64_t hw, int64_t e, int64_t group,
+                const F& f) {
+  const int64_t nchunk = ceil_div(b, e);
+  at::parallel_for(0, nchunk * planes, 1, [&](int64_t t0, int64_t t1) {
+    U* lanes[32];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t ch = t / planes, p = t % planes, n = std::min(e, b - ch * e);
+      for (int64_t l = 0; l < n; ++l) lanes[l] = nchw + ((ch * e + l) * planes + p) * hw;
+      f(lanes, n, (ch * planes + p) * group);
+    }
+  });
+}
+
+at::Tensor to_units(const at::Tensor& x_in, const UnitGrid& q) {
+  const at::Tensor x = x_in.contiguous();
+  const int64_t b = x.size(0), planes = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t e = 64 / x.element_size(), group = q.nph * q.rows * q.cols;
+  at::Tensor out = at::empty({ceil_div(b, e) * planes * group * e}, x.options());
+  const std::vector<int64_t> cols = column_table(q, w);
+  by_size(x.element_size(), [&](auto tag) {
+    using U = decltype(tag);
+    U* dst = static_cast<U*>(out.data_ptr());
+    for_planes(static_cast<U*>(x.data_ptr()), b, planes, h * w, e, group,
+               [&](U* const* lanes, int64_t n, int64_t base) {
+      std::memset(dst + base * e, 0, size_t(group * e) * sizeof(U));  // margins; stays in L2
+      for (int64_t u = 0; u < h; ++u) {
+        const int64_t r = u / q.sh + q.r0;
+        if (r >= q.rows) continue;
+        const int64_t* ct = cols.data() + (u % q.sh) * w;
+        for (int64_t v = 0; v < w; ++v) {
+          if (ct[v] < 0) continue;
+          U* d = dst + (base + r * q.cols + ct[v]) * e;
+          for (int64_t l = 0; l < n; ++l) d[l] = lanes[l][u * w + v];
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Element offsets within an NCHW channel [H, W] of the grid positions of each stride phase
+// of a grid (rows x cols per phase): [nph][rows * cols], -1 outside the tensor.
+std::vector<int64_t> position_table(const ConvGeom& g, bool phases, int64_t rows, int64_t cols,
+                                    int64_t h, int64_t w) {
+  const int64_t nph = phases ? g.nph : 1, sh = phases ? g.sh : 1, sw = phases ? g.sw : 1;
+  std::vector<int64_t> t(size_t(nph * rows * cols), -1);
+  for (int64_t a = 0; a < sh; ++a)
+    for (int64_t bb = 0; bb < sw; ++bb) {
+      const int64_t f = phases ? g.phase[size_t(a * sw + bb)] : 0;
+      if (f < 0) continue;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          const int64_t u = sh * r + a, v = sw * c + bb;
+          if (u < h && v < w) t[size_t((f * rows + r) * cols + c)] = u * w + v;
+        }
+    }
+  return t;
+}
+
+// ---------------------------------------------------------------- entry tables
+// Forward / weight-gradient table: one plane per output channel, valid slots in order.
+ConvTable forward_table(const at::Tensor& index, const ConvGeom& g, const char* op) {
+  const int64_t n_out = index.size(0), k = index.size(1), cols = g.c * g.taps();
+  const int32_t* idx = index.data_ptr<int32_t>();
+  ConvTable t;
+  t.ptr.assign(size_t(n_out + 1), 0);
+  for (int64_t o = 0; o < n_out; ++o) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t c = idx[o * k + j];
+      if (c < 0) {
+        TORCH_CHECK_VALUE(c == -1, op, ": index entries must be -1 (padding) or in [0, ",
+                          cols, "), got ", c);
+        continue;
+      }
+      TORCH_CHECK_VALUE(c < cols, op, ": index entries must be -1 (padding) or in [0, ", cols,
+                        ") = [0, in_channels * kh * kw), got ", c);
+      t.offs.push_back(int32_t(g.fwd_offset(c / g.taps(), c % g.taps())));
+      t.slot.push_back(int32_t(j));
+      t.pos.push_back(int32_t(o * k + j));
+    }
+    t.ptr[size_t(o + 1)] = int64_t(t.offs.size());
+  }
+  return t;
+}
+
+// Input-gradient table: one plane per (input channel, stride phase), counting sort.
+ConvTable backward_table(const ConvTable& fwd, const at::Tensor& index, const ConvGeom& g) {
+  const int64_t n_out = index.size(0), k = index.size(1), planes = g.c * g.nph;
+  const int32_t* idx = index.data_ptr<int32_t>();
+  auto plane_of = [&](int64_t c) { return (c / g.taps()) * g.nph + g.tap_phase[c % g.taps()]; };
+  ConvTable t;
+  t.ptr.assign(size_t(planes + 1), 0);
+  for (int32_t p : fwd.pos) ++t.ptr[size_t(plane_of(idx[p]) + 1)];
+  for (int64_t r = 0; r < planes; ++r) t.ptr[size_t(r + 1)] += t.ptr[size_t(r)];
+  std::vector<int64_t> next(t.ptr.begin(), t.ptr.end() - 1);
+  t.offs.resize(fwd.pos.size());
+  t.pos.resize(fwd.pos.size());
+  for (int32_t p : fwd.pos) {
+    const int64_t c = idx[p], o = p / k, q = next[size_t(plane_of(c))]++;
+    t.offs[size_t(q)] = int32_t(g.bwd_offset(o, c % g.taps()));
+    t.pos[size_t(q)] = p;
+  }
+  (void)n_out;
+  return t;
+}
+
+// values (any float dtype) in table order, as the accumulation type A.
+template <typename A> std::vector<A> table_values(const at::Tensor& values, const ConvTable& t) {
+  const at::Tensor v = values.to(std::is_same_v<A, double> ? at::kDouble : at::kFloat).contiguous();
+  const A* src = v.data_ptr<A>();
+  std::vector<A> out(t.pos.size());
+  for (size_t q = 0; q < t.pos.size(); ++q) out[q] = src[t.pos[q]];
+  return out;
+}
+
+// ---------------------------------------------------------------- argument checks
+struct ConvArgs {
+  int64_t kh, kw, sh, sw, ph, pw;
+};
+
+ConvArgs conv_args(at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                   const char* op) {
+  TORCH_CHECK_VALUE(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2, op,
+                    ": kernel, stride and padding must each have 2 entries");
+  TORCH_CHECK_VALUE(kernel[0] >= 1 && kernel[1] >= 1, op, ": kernel sizes must be positive");
+  TORCH_CHECK_VALUE(stride[0] >= 1 && stride[1] >= 1, op, ": strides must be positive");
+  TORCH_CHECK_VALUE(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be >= 0");
+  return {kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1]};
+}
+
+void check_ell(const at::Tensor& values, const at::Tensor& index, const char* op) {
+  TORCH_CHECK_TYPE(index.scalar_type() == at::kInt, op, ": index must be int32, got ",
+                   index.scalar_type());
+  TORCH_CHECK_VALUE(index.dim() == 2, op, ": index must be 2-D [out_channels, K], got ",
+                    index.sizes());
+  if (values.defined()) {
+    TORCH_CHECK_VALUE(values.sizes() == index.sizes(), op, ": values ", values.sizes(),
+                      " and index ", index.sizes(), " must have the same shape");
+    check_floating(values, op, "values");
+  }
+}
+
+ConvGeom conv_geom(int64_t c, int64_t h, int64_t w, const ConvArgs& a, const char* op) {
+  ConvGeom g(c, h, w, a.kh, a.kw, a.sh, a.sw, a.ph, a.pw);
+  TORCH_CHECK_VALUE(h + 2 * a.ph >= a.kh && w + 2 * a.pw >= a.kw, op, ": the kernel (", a.kh,
+                    "x", a.kw, ") is larger than the padded input (", h + 2 * a.ph, "x",
+                    w + 2 * a.pw, ")");
+  TORCH_CHECK_VALUE(c * g.taps() < (int64_t(1) << 31), op, ": too many weights per row");
+  return g;
+}
+
+void check_activation(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be 4-D [batch, channels, H, W], got ",
+                    t.sizes());
+  check_floating(t, op, name);
+}
+
+// ---------------------------------------------------------------- operators
+// Where the AXPY writes: the NCHW result and the NCHW offsets of each out grid position.
+struct ConvOut {
+  at::Tensor* out;
+  int64_t nph;
+  std::vector<int64_t> pos_off;
+};
+
+template <typename S>
+void run_axpy(const ConvTable& t, const at::Tensor& values, const at::Tensor& src,
+              int64_t src_chunk, int64_t src_cols, const ConvOut& dst, int64_t n_out,
+              int64_t orows, int64_t ocols) {
+  using T = conv_raw_t<S>;
+  using A = conv_acc_t<S>;
+  const std::vector<A> vals = table_values<A>(values, t);
+  at::Tensor& out = *dst.out;
+  const int64_t nb = out.size(0), e = 64 / out.element_size(), nchunk = ceil_div(nb, e);
+  const int64_t np = orows * ocols, nblk = ceil_div(np, base::kConvBlock);
+  on_conv_isa([&](auto kern) {
+    using K = decltype(kern);
+    const typename K::template Axpy<T> q{
+        t.ptr.data(), t.offs.data(), vals.data(), reinterpret_cast<const T*>(src.data_ptr()),
+        src_chunk, src_cols, n_out, orows, ocols, reinterpret_cast<T*>(out.data_ptr()), nb,
+        dst.nph, out.stride(0), out.stride(1), dst.pos_off.data()};
+    at::parallel_for(0, nchunk * nblk, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t p0 = (b % nblk) * base::kConvBlock;
+        K::axpy(q, b / nblk, p0, std::min(np, p0 + base::kConvBlock));
+      }
+    });
+  });
+}
+
+at::Tensor sconv_forward(const at::Tensor& x, const at::Tensor& values, const at::Tensor& index,
+                         at::IntArrayRef kernel, at::IntArrayRef stride,
+                         at::IntArrayRef padding) {
+  const char* op = "sparse_run::sconv_forward";
+  const ConvArgs a = conv_args(kernel, stride, padding, op);
+  check_ell(values, index, op);
+  check_activation(x, op, "x");
+  check_same_dtype(x, values, op, "x", "values");
+  const ConvGeom g = conv_geom(x.size(1), x.size(2), x.size(3), a, op);
+  const int64_t b = x.size(0), n_out = index.size(0);
+  const at::Tensor idx = index.contiguous();
+  const ConvTable t = forward_table(idx, g, op);
+  if (b == 0 || n_out == 0) return at::zeros({b, n_out, g.oh, g.ow}, x.options());
+  const int64_t rows = g.fwd_rows(), cols = g.fwd_cols();
+  const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin));
+  at::Tensor y = at::empty({b, n_out, g.oh, g.ow}, x.options());
+  const ConvOut dst{&y, 1, position_table(g, false, g.oh, g.ow, g.oh, g.ow)};
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "sconv_forward", [&] {
+    run_axpy<scalar_t>(t, values, xs, g.c * g.nph * rows * cols, cols, dst, n_out, g.oh, g.ow);
+  });
+  return y;
+}
+
+at::Tensor sconv_backward_input(const at::Tensor& grad, const at::Tensor& values,
+                                const at::Tensor& index, at::IntArrayRef in_size,
+                                at::IntArrayRef kernel, at::IntArrayRef stride,
+                                at::IntArrayRef padding) {
+  const char* op = "sparse_run::sconv_backward_input";
+  const ConvArgs a = conv_args(kernel, stride, padding, op);
+  check_ell(values, index, op);
+  check_activation(grad, op, "grad_out");
+  check_same_dtype(grad, values, op, "grad_out", "values");
+  TORCH_CHECK_VALUE(in_size.size() == 3, op, ": in_size must be [channels, H, W]");
+  const ConvGeom g = conv_geom(in_size[0], in_size[1], in_size[2], a, op);
+  const int64_t b = grad.size(0), n_out = index.size(0);
+  TORCH_CHECK_VALUE(grad.size(1) == n_out && grad.size(2) == g.oh && grad.size(3) == g.ow, op,
+                    ": grad_out must have shape [batch, ", n_out, ", ", g.oh, ", ", g.ow,
+                    "], got ", grad.sizes());
+  const at::Tensor idx = index.contiguous();
+  const ConvTable t = backward_table(forward_table(idx, g, op), idx, g);
+  if (b == 0) return at::zeros({b, g.c, g.h, g.w}, grad.options());
+  const int64_t rows = g.bwd_rows(), cols = g.bwd_cols(), planes = g.c * g.nph;
+  const at::Tensor dys = to_units(grad, plain_grid(rows, cols, g.dimax, g.djmax));
+  // Every element of dx is written unless some stride phase has no tap (e.g. 1x1, stride 2).
+  at::Tensor dx = g.nph < g.sh * g.sw ? at::zeros({b, g.c, g.h, g.w}, grad.options())
+                                      : at::empty({b, g.c, g.h, g.w}, grad.options());
+  const ConvOut dst{&dx, g.nph, position_table(g, true, g.hb(), g.wb(), g.h, g.w)};
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "sconv_backward_input", [&] {
+    run_axpy<scalar_t>(t, values, dys, n_out * rows * cols, cols, dst, planes, g.hb(), g.wb());
+  });
+  return dx;
+}
+
+at::Tensor sconv_backward_weight(const at::Tensor& grad, const at::Tensor& x,
+                                 const at::Tensor& index, at::IntArrayRef kernel,
+                                 at::IntArrayRef stride, at::IntArrayRef padding) {
+  const char* op = "sparse_run::sconv_backward_weight";
+  const ConvArgs a = conv_args(kernel, stride, padding, op);
+  check_ell(at::Tensor(), index, op);
+  check_activation(x, op, "x");
+  check_activation(grad, op, "grad_out");
+  check_same_dtype(grad, x, op, "grad_out", "x");
+  const ConvGeom g = conv_geom(x.size(1), x.size(2), x.size(3), a, op);
+  const int64_t b = x.size(0), n_out = index.size(0), k = index.size(1);
+  TORCH_CHECK_VALUE(grad.size(0) == b && grad.size(1) == n_out && grad.size(2) == g.oh &&
+                        grad.size(3) == g.ow,
+                    op, ": grad_out must have shape [", b, ", ", n_out, ", ", g.oh, ", ", g.ow,
+                    "], got ", grad.sizes());
+  const at::Tensor idx = index.contiguous();
+  const ConvTable t = forward_table(idx, g, op);
+  const bool dbl = x.scalar_type() == at::kDouble;
+  at::Tensor acc = at::zeros({n_out, k}, x.options().dtype(dbl ? at::kDouble : at::kFloat));
+  if (b == 0 || n_out == 0) return acc.to(x.scalar_type());
+  const int64_t e = 64 / x.element_size(), nchunk = ceil_div(b, e);
+  const int64_t rows = g.fwd_rows(), cols = g.fwd_cols();
+  const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin));
+  const at::Tensor dys = to_units(grad, plain_grid(g.oh, g.ow, 0, 0));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "sconv_backward_weight", [&] {
+    using T = conv_raw_t<scalar_t>;
+    using A = conv_acc_t<scalar_t>;
+    on_conv_isa([&](auto kern) {
+      using K = decltype(kern);
+      const typename K::template Sddmm<T> q{
+          t.ptr.data(), t.offs.data(), t.slot.data(),
+          reinterpret_cast<const T*>(dys.data_ptr()), reinterpret_cast<const T*>(xs.data_ptr()),
+          g.c * g.nph * rows * cols, cols, nchunk, n_out, g.oh, g.ow, k, acc.data_ptr<A>()};
+      const int64_t grain = std::max<int64_t>(1, ceil_div(n_out, at::get_num_threads()));
+      at::parallel_for(0, n_out, grain, [&](int64_t o0, int64_t o1) { K::sddmm(q, o0, o1); });
+    });
+  });
+  return acc.to(x.scalar_type());
+}
+
+}  // namespace cpu
+}  // namespace sparse_run
+
+TORCH_LIBRARY_IMPL(sparse_run, CPU, m) {
+  m.impl("sconv_forward", &sparse_run::cpu::sconv_forward);
+  m.impl("sconv_backward_input", &sparse_run::cpu::sconv_backward_input);
+  m.impl("sconv_backward_weight", &sparse_run::cpu::sconv_backward_weight);
+}

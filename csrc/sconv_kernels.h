@@ -1,0 +1,195 @@
+// ISA-neutral CPU kernel bodies of the direct sparse convolution (sconv_cpu.cpp).
+//
+// Like cfi_kernels.h this file has no include guard: sconv_cpu.cpp includes it once per
+// instruction set, inside its own namespace and `#pragma GCC target` region.
+//
+// Layout ("units"): activations live in buffers [chunk][plane][row][col] of 64-byte units,
+// one unit holding the same (plane, row, col) of E = Chunk<T>::elems consecutive samples
+// (16 fp32, 8 fp64, 32 bf16). Source planes carry zero margins, so every tap of the kernel
+// is one constant offset (in units) from an output position's home in the source, and one
+// nonzero weight becomes one vector FMA per output unit: no im2col, no gathers, aligned
+// loads. Strided convolutions are split into stride phases by the glue, which makes them
+// stride-1 problems over more (smaller) planes.
+//
+//   plane AXPY   out[o][pos] = sum_e val(e) * src[off(e) + home(pos)] over the entries e of
+//                out plane o (a CSR list): the forward (out = y, src = x planes) and the
+//                gradient to the input (out = dx phase planes, src = dy with margins).
+//   plane SDDMM  acc[o, slot(e)] += sum_pos dy[o][pos] * x[off(e) + home(pos)]: the weight
+//                gradient at the nonzeros only.
+// A tile of NT output units stays in registers across all entries of its plane; positions
+// are cut in blocks whose source band (all planes) stays in L2.
+
+#include "cpu_vec.h"  // acc_t, vec_t, Chunk, to_acc / from_acc, hsum, hsum4
+
+constexpr int kConvAhead = 3;  // entries to prefetch ahead
+
+template <typename T> constexpr int conv_tile() { return 8 / Chunk<T>::nvec; }  // units per tile
+
+template <typename T> struct ConvAxpy {
+  const int64_t* ptr;      // [n_out + 1]: entries of out plane o are [ptr[o], ptr[o + 1])
+  const int32_t* offs;     // [nnz] source offset of each entry (units, from a chunk's base)
+  const acc_t<T>* vals;    // [nnz]
+  const T* src;
+  int64_t src_chunk;       // units per chunk of the source
+  int64_t src_cols;        // units per source row
+  int64_t n_out, orows, ocols;  // out planes and their grid
+  // Results go straight to the NCHW tensor out [nb, n_out / nph, H, W]: out plane o is
+  // channel o / nph, stride phase o % nph, and grid position p of phase f lands at element
+  // pos_off[f * orows * ocols + p] of the channel (-1: outside the tensor, dropped).
+  T* out;
+  int64_t nb, nph, sample_stride, channel_stride;
+  const int64_t* pos_off;
+};
+
+// One tile of NT output units of plane o whose homes in the source are sp[0..NT): the
+// accumulators, spilled to acc (NT * nvec vectors).
+template <int NT, typename T>
+static inline void conv_axpy_tile(const ConvAxpy<T>& q, int64_t o, const T* const* sp,
+                                  vec_t<T>* out) {
+  using V = vec_t<T>;
+  using C = Chunk<T>;
+  constexpr int NV = NT * C::nvec;
+  V acc[NV] = {};
+  const int64_t e = q.ptr[o + 1];
+  for (int64_t p = q.ptr[o]; p < e; ++p) {
+    if (p + kConvAhead < e) {  // entries are random planes: fetch the tile ahead
+      const int64_t f = int64_t(q.offs[p + kConvAhead]) * C::elems;
+      for (int k = 0; k < NT; ++k) __builtin_prefetch(sp[k] + f);
+    }
+    const int64_t off = int64_t(q.offs[p]) * C::elems;
+    const acc_t<T> v = q.vals[p];
+    for (int k = 0; k < NT; ++k) {
+      V x[C::nvec];
+      C::load(sp[k] + off, x);
+      for (int h = 0; h < C::nvec; ++h) acc[k * C::nvec + h] += v * x[h];
+    }
+  }
+  for (int k = 0; k < NV; ++k) out[k] = acc[k];
+}
+
+// Scatter n units (positions t0..t0 + n of plane o, chunk ch) from the accumulators to NCHW.
+template <typename T>
+static inline void conv_store_nchw(const ConvAxpy<T>& q, int64_t ch, int64_t o, int64_t t0,
+                                   int n, const vec_t<T>* acc) {
+  using A = acc_t<T>;
+  using C = Chunk<T>;
+  constexpr int VE = int(64 / sizeof(A));  // accumulators per vector
+  A tmp[conv_tile<T>() * C::nvec * VE];
+  std::memcpy(tmp, acc, sizeof(tmp));
+  const int64_t lanes = q.nb - ch * C::elems < C::elems ? q.nb - ch * C::elems : C::elems;
+  const int64_t* po = q.pos_off + (o % q.nph) * q.orows * q.ocols + t0;
+  T* base = q.out + ch * C::elems * q.sample_stride + (o / q.nph) * q.channel_stride;
+  for (int k = 0; k < n; ++k) {
+    if (po[k] < 0) continue;
+    T* d = base + po[k];
+    const A* u = tmp + k * C::nvec * VE;
+    for (int64_t l = 0; l < lanes; ++l) d[l * q.sample_stride] = from_acc<T>(u[C::lane(int(l))]);
+  }
+}
+
+constexpr int64_t kConvBlock = 16;  // output positions per task (source band stays in L2)
+
+// Homes in a source of row length src_cols of output positions [p0, p1) (grid of ocols).
+static inline void conv_homes(int64_t p0, int64_t p1, int64_t ocols, int64_t src_cols,
+                              int64_t* home) {
+  for (int64_t p = p0; p < p1; ++p) home[p - p0] = (p / ocols) * src_cols + p % ocols;
+}
+
+// All out planes, positions [p0, p1) (p1 - p0 <= kConvBlock) of one batch chunk.
+template <typename T>
+static void conv_axpy_block(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1) {
+  constexpr int NT = conv_tile<T>(), E = Chunk<T>::elems;
+  int64_t home[kConvBlock];
+  conv_homes(p0, p1, q.ocols, q.src_cols, home);
+  const T* src = q.src + chunk * q.src_chunk * E;
+  vec_t<T> acc[NT * Chunk<T>::nvec];
+  for (int64_t o = 0; o < q.n_out; ++o) {
+    for (int64_t t0 = p0; t0 < p1; t0 += NT) {
+      const int n = int(p1 - t0 < NT ? p1 - t0 : NT);
+      const T* sp[NT];
+      for (int k = 0; k < NT; ++k) sp[k] = src + home[t0 - p0 + (k < n ? k : n - 1)] * E;
+      conv_axpy_tile<NT>(q, o, sp, acc);
+      conv_store_nchw(q, chunk, o, t0, n, acc);
+    }
+  }
+}
+
+template <typename T> struct ConvSddmm {
+  const int64_t* ptr;      // [n_out + 1] entries of each out plane (valid slots only)
+  const int32_t* offs;     // [nnz] source offset (units) of each entry in the x layout
+  const int32_t* slot;     // [nnz] column of the entry in the [n_out, k] result
+  const T* dy;             // [chunk][n_out][orows * ocols] units
+  const T* x;              // source layout of the forward
+  int64_t x_chunk, x_cols;
+  int64_t nchunk, n_out, orows, ocols, k;
+  acc_t<T>* acc;           // [n_out, k] partial sums, zeroed by the caller
+};
+
+// Partial dot of one entry over a tile, as a vector (dd: the tile of dy in registers).
+template <int NT, typename T>
+static inline vec_t<T> conv_dot(const vec_t<T>* dd, const T* const* sp, int64_t off) {
+  using V = vec_t<T>;
+  using C = Chunk<T>;
+  V a = {}, b = {};
+  for (int k = 0; k < NT; ++k) {
+    V x[C::nvec];
+    C::load(sp[k] + off, x);
+    for (int h = 0; h < C::nvec; ++h) {
+      if ((k * C::nvec + h) & 1) b += dd[k * C::nvec + h] * x[h];
+      else a += dd[k * C::nvec + h] * x[h];
+    }
+  }
+  return a + b;
+}
+
+// Weight gradient of out planes [o0, o1): every chunk and tile, dy tile held in registers
+// across the plane's entries, entries four at a time for hsum4.
+template <typename T> static void conv_sddmm_rows(const ConvSddmm<T>& q, int64_t o0, int64_t o1) {
+  using A = acc_t<T>;
+  using V = vec_t<T>;
+  using C = Chunk<T>;
+  constexpr int NT = conv_tile<T>(), E = C::elems, NV = NT * C::nvec;
+  const int64_t np = q.orows * q.ocols;
+  int64_t home[NT];
+  for (int64_t chunk = 0; chunk < q.nchunk; ++chunk) {
+    const T* xs = q.x + chunk * q.x_chunk * E;
+    for (int64_t t0 = 0; t0 < np; t0 += NT) {
+      const int n = int(np - t0 < NT ? np - t0 : NT);
+      conv_homes(t0, t0 + n, q.ocols, q.x_cols, home);
+      const T* sp[NT];
+      for (int k = 0; k < NT; ++k) sp[k] = xs + home[k < n ? k : n - 1] * E;
+      for (int64_t o = o0; o < o1; ++o) {
+        const T* dyp = q.dy + ((chunk * q.n_out + o) * np + t0) * E;
+        V dd[NV] = {};
+        for (int k = 0; k < n; ++k) C::load(dyp + k * E, dd + k * C::nvec);
+        A* out = q.acc + o * q.k;
+        int64_t p = q.ptr[o];
+        const int64_t e = q.ptr[o + 1];
+        for (; p + 4 <= e; p += 4) {
+          const V a[4] = {conv_dot<NT>(dd, sp, int64_t(q.offs[p]) * E),
+                          conv_dot<NT>(dd, sp, int64_t(q.offs[p + 1]) * E),
+                          conv_dot<NT>(dd, sp, int64_t(q.offs[p + 2]) * E),
+                          conv_dot<NT>(dd, sp, int64_t(q.offs[p + 3]) * E)};
+          A part[4];
+          hsum4(a, part);
+          for (int r = 0; r < 4; ++r) out[q.slot[p + r]] += part[r];
+        }
+        for (; p < e; ++p)
+          out[q.slot[p]] += hsum<V, A>(conv_dot<NT>(dd, sp, int64_t(q.offs[p]) * E));
+      }
+    }
+  }
+}
+
+// Entry points for the glue (static members, so it picks an instruction set by type).
+struct ConvKernels {
+  template <typename T> using Axpy = ConvAxpy<T>;
+  template <typename T> using Sddmm = ConvSddmm<T>;
+  template <typename T>
+  static void axpy(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1) {
+    conv_axpy_block(q, chunk, p0, p1);
+  }
+  template <typename T> static void sddmm(const ConvSddmm<T>& q, int64_t o0, int64_t o1) {
+    conv_sddmm_rows(q, o0, o1);
+  }
+};
