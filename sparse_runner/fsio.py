@@ -272,7 +272,7 @@ def probe_dir(path: Path) -> None:
         unlink_quietly(Path(name))
 
 
-SECTIONS = ("model", "sparsity", "flops", "metrics", "time", "isoflop")
+SECTIONS = ("model", "sparsity", "flops", "metrics", "time", "isoflop", "spectral")
 
 
 def _warn(message: str) -> None:

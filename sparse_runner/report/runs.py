@@ -11,14 +11,14 @@ block a table preset sets (``name``, ``row``, ``column``, ``baseline``, interpol
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-SECTIONS = ("model", "sparsity", "flops", "metrics", "time", "isoflop", "spectral")
+from ..fsio import load_summary
+
 Warn = Callable[[str], None]
 
 
@@ -28,31 +28,7 @@ def stderr_warn(message: str) -> None:
 
 def read_summary(path: Path, warn: Warn = stderr_warn) -> dict[str, Any] | None:
     """``summary.json`` as a dict with every section a dict, or None after one warning."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        warn(f"skipping {path}: cannot read it ({exc.strerror or exc})")
-        return None
-    except UnicodeDecodeError:
-        warn(f"skipping {path}: not a text file (binary or corrupt)")
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        warn(f"skipping {path}: {'empty' if not text.strip() else f'not valid JSON ({exc})'}")
-        return None
-    if not isinstance(data, dict):
-        warn(f"skipping {path}: holds a JSON {type(data).__name__}, not an object")
-        return None
-    if not isinstance(data.get("status"), str):
-        warn(f"skipping {path}: no 'status' field (not a sparse-run summary?)")
-        return None
-    for key in SECTIONS:
-        if key in data and not isinstance(data[key], dict):
-            warn(f"{path}: section '{key}' is {json.dumps(data[key])[:40]}, not an object; "
-                 "treated as empty")
-            data[key] = {}
-    return data
+    return load_summary(path, warn=warn)
 
 
 def read_preset(run_dir: Path, warn: Warn = stderr_warn) -> dict[str, Any] | None:
