@@ -67,9 +67,11 @@ def test_nan_in_the_first_epoch_does_not_claim_a_checkpoint(tmp_path):
 
 def test_ctrl_c_is_exit_130_with_a_clear_line(tmp_path):
     out = tmp_path / "run"
+    # preexec: a shell that starts the tests in the background ignores SIGINT for its children,
+    # and Python then never turns Ctrl-C into KeyboardInterrupt; give the run the default back
     proc = subprocess.Popen([sys.executable, "-m", "sparse_runner.cli", *TINY, "trainer.epochs=50",
                              f"out_dir={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
