@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .flops import LayerTable, trace_layers
+from .flops import LayerTable, meta_forward, trace_layers
 
 BUDGETS = ("ours", "official")
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
@@ -79,17 +79,7 @@ def _fixed_ops(model: nn.Module, input_shape: Sequence[int]) -> int:
             handles.append(module.register_forward_hook(norm_hook))
         elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             handles.append(module.register_forward_hook(bias_hook))
-    state = {k: torch.empty_like(v, device="meta")
-             for k, v in [*model.named_parameters(), *model.named_buffers()]}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            torch.func.functional_call(model, state, (torch.empty((1, *input_shape), device="meta"),))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    meta_forward(model, input_shape, handles)
     return total
 
 

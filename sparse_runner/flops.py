@@ -17,9 +17,10 @@ copies of the parameters), so tracing a 10x-widened model costs no memory and no
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -116,6 +117,22 @@ def _meta_state(model: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in [*model.named_parameters(), *model.named_buffers()]}
 
 
+def meta_forward(model: nn.Module, input_shape: Sequence[int], handles: Sequence[Any] = (),
+                 dtype: torch.dtype = torch.float32, mode: Any = None) -> None:
+    """One eval-mode forward of a single sample on the meta device (no memory, no compute: the
+    hooks in ``handles`` observe it and are removed afterwards; the model is left as it was)."""
+    x = torch.empty((1, *input_shape), device="meta", dtype=dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), (mode if mode is not None else contextlib.nullcontext()):
+            torch.func.functional_call(model, _meta_state(model), (x,))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
 def trace_layers(model: nn.Module, input_shape: Sequence[int], *,
                  dtype: torch.dtype = torch.float32, unit: str = "sample") -> LayerTable:
     """One meta-device forward of a single sample: each Conv/Linear's FLOPs from hooks, every
@@ -136,16 +153,8 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], *,
             shapes[pname] = tuple(mod.weight.shape)
 
         handles.append(module.register_forward_hook(hook))
-    x = torch.empty((1, *input_shape), device="meta", dtype=dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            torch.func.functional_call(model, _meta_state(model), (x,))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    counter = FlopCounterMode(display=False)
+    meta_forward(model, input_shape, handles, dtype, counter)
     per = int(input_shape[-1]) if unit == "token" else 1
     by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
     weights = sum(flops.values())

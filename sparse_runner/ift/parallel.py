@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..flops import meta_forward
 from .base import IFTS, Builder, expansion
 from ._swap import IFTModule, Layer, LayerSwap, batch_norm, fresh_copy, io
 
@@ -92,17 +93,7 @@ def norms_after(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
             handles.append(module.register_forward_hook(
                 lambda _m, inp, _o, name=name: found.append(name)
                 if any(inp[0] is o for o in outputs) else None))
-    state = {k: torch.empty_like(v, device="meta")
-             for k, v in [*model.named_parameters(), *model.named_buffers()]}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            torch.func.functional_call(model, state, (torch.empty((1, *input_shape), device="meta"),))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    meta_forward(model, input_shape, handles)
     found = list(dict.fromkeys(found))
     if not found:
         raise UserError("ift.sum_norm=drop found no norm right after a Sparse Parallel layer in "
