@@ -117,7 +117,10 @@ def compose(overrides: list[str]) -> DictConfig:
         with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
             return hydra_compose(config_name="config", overrides=overrides)
     except Exception as exc:
-        raise UserError(f"cannot compose the config: {one_line(exc)}") from None
+        cause = exc.__cause__ or exc.__context__   # Hydra wraps OmegaConf's reason
+        reason = f" ({one_line(cause).split(' full_key:')[0]})" if cause is not None else ""
+        raise UserError(f"cannot compose the config: {one_line(exc)}{reason}; fix the value "
+                        "(sparse-run --help lists every group and key)") from None
     finally:
         GlobalHydra.instance().clear()
 
