@@ -108,3 +108,22 @@ def test_a_schedule_that_cannot_prune_is_an_error():
     method = build_method({"name": "granet", "delta_t": 100})
     with pytest.raises(UserError, match="delta_t"):
         method.setup(model, context(model, 0.9, 50))
+
+
+@pytest.mark.parametrize("s", [0.5, 0.75, 0.9])
+def test_start_as_a_multiple_of_the_final_density(s):
+    """init_density_ratio=r: the run starts at density min(1, r(1-s)) with the run's
+    distribution, so a Sparse-IFT model's Iso-FLOP search stays feasible at every s."""
+    model = tiny_mlp(width=32)
+    method = build_method({"name": "granet", "delta_t": 4, "init_density_ratio": 2,
+                           "init_distribution": None})
+    ctx = context(model, s, 40)
+    method.setup(model, ctx)
+    start = max(0.0, 1 - 2 * (1 - s))
+    want = planned_nnz(ctx.table, ctx.sparse, start, ctx.distribution)
+    assert method.masks.nnz() == [want[n] for n in ctx.sparse]
+
+
+def test_start_ratio_below_one_is_refused():
+    with pytest.raises(UserError, match="init_density_ratio=0.5 must be >= 1"):
+        build_method({"name": "granet", "init_density_ratio": 0.5}).check_options()

@@ -28,7 +28,7 @@ def sweeper_conf(name: str) -> dict:
 
 def jobs(name: str, *args: str, smoke: bool = False, take: int | None = None) -> list[list[str]]:
     sw = sweeper_conf(name)
-    return expand(sw["grids"], sw["params"], sw["smoke"] if smoke else [], list(args),
+    return expand(sw["grids"], sw["params"], sw["smoke"] if smoke else None, list(args),
                   OverridesParser.create(), take)
 
 
@@ -49,12 +49,17 @@ def test_table2_grid_is_the_papers():
     full = jobs("sift_table2")
     assert len(full) == 3 * (1 + 7 * 3)  # 3 seeds x (dense + 7 methods x 3 sparsities)
     assert ["method=dense", "ift=none", "s=0", "seed=0"] in full
-    assert ["method=granet", "ift=wide", "s=0.9", "seed=2"] in full
+    granet = ["method=granet", "ift=wide", "s=0.9", "method.init_density_ratio=2",
+              "method.init_distribution=null", "seed=2"]
+    assert granet in full
     smoke = jobs("sift_table2", smoke=True)
     assert len(smoke) == 22 and all("dataset=digits" in j and "seed=0" in j for j in smoke)
+    # a grid's own smoke overrides reach its jobs only, and only in the smoke form
+    assert all(("method.delta_t=2" in j) == ("method=granet" in j) for j in smoke)
+    assert not any("method.delta_t=2" in j for j in full)
     # the command line wins over grid, params and smoke
     assert all("seed=5" in j for j in jobs("sift_table2", "seed=5", smoke=True))
-    assert len(jobs("sift_table2", take=2)) == 4
+    assert len(jobs("sift_table2", take=2)) == 6   # 3 grids
 
 
 def test_table2_published_numbers_match_the_paper():
@@ -128,7 +133,7 @@ def test_smoke_runs_and_reports(name, tmp_path, capsys):
 
 def test_where_selects_a_sub_table():
     sw = sweeper_conf("sift_table2")
-    sub = expand(sw["grids"], sw["params"], [], [], OverridesParser.create(),
+    sub = expand(sw["grids"], sw["params"], None, [], OverridesParser.create(),
                  where={"method": ["dense", "rigl"], "s": [0, 0.9]})
     assert sorted(tuple(j) for j in sub) == sorted(
         [("method=dense", "ift=none", "s=0", f"seed={i}") for i in range(3)]

@@ -7,7 +7,9 @@ other, each crossed with ``hydra.sweeper.params`` (keys shared by all grids, e.g
 
 With ``smoke=true`` on the command line, ``hydra.sweeper.smoke`` (a list of overrides: digits,
 one epoch, one seed, a narrow model) is applied to every job: the same grid, small enough for
-CI. Precedence, lowest first: grid, params, smoke, the command line.
+CI. A grid may add its own smoke overrides under its key ``smoke`` (a list), for options that
+only its methods have (e.g. a shorter GraNet update interval). Precedence, lowest first: grid,
+params, smoke (common, then the grid's), the command line.
 ``hydra.sweeper.where={method:[dense,rigl],s:[0,0.9]}`` runs a sub-table (a key's value must be
 listed; jobs that do not set the key pass), ``hydra.sweeper.take=N`` the first N jobs per grid.
 
@@ -52,16 +54,25 @@ def keep(job: Sequence[str], where: Any) -> bool:
     return True
 
 
-def expand(grids: Sequence[Any], params: Any, smoke: Sequence[str],
+def _split_grid(grid: Any) -> tuple[dict[str, Any], list[str]]:
+    """A grid's sweep keys, and its own smoke overrides (key ``smoke``)."""
+    items = dict(OmegaConf.to_container(grid) if OmegaConf.is_config(grid) else (grid or {}))
+    return items, [str(x) for x in items.pop("smoke", None) or []]
+
+
+def expand(grids: Sequence[Any], params: Any, smoke: Optional[Sequence[str]],
            arguments: Sequence[str], parser: OverridesParser,
            take: Optional[int] = None, where: Any = None) -> list[list[str]]:
     """The job list: one override list per job, grid after grid (deduplicated, in order).
-    ``where`` ({key: [values]}) keeps the jobs whose values are listed (a sub-table), ``take``
-    then only the first jobs of each grid (a cut grid for CI)."""
+    ``smoke``: None for the full table, else the common smoke overrides (each grid's own are
+    added). ``where`` ({key: [values]}) keeps the jobs whose values are listed (a sub-table),
+    ``take`` then only the first jobs of each grid (a cut grid for CI)."""
     jobs: list[list[str]] = []
     seen: set[tuple[str, ...]] = set()
     for grid in grids or [{}]:
-        conf = [*_as_overrides(grid), *_as_overrides(params), *smoke, *arguments]
+        keys, own = _split_grid(grid)
+        extra = [] if smoke is None else [*smoke, *own]
+        conf = [*_as_overrides(keys), *_as_overrides(params), *extra, *arguments]
         (batch,) = BasicSweeper.split_arguments(parser.parse_overrides(conf), None)
         for job in [j for j in batch if keep(j, where)][:take]:
             key = tuple(job)
@@ -86,7 +97,7 @@ class GridsSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        smoke = self.smoke if bool(OmegaConf.select(self.config, "smoke", default=False)) else []
+        smoke = self.smoke if bool(OmegaConf.select(self.config, "smoke", default=False)) else None
         jobs = expand(self.grids, self.params, smoke, arguments, parser, self.take, self.where)
         # BasicSweeper.sweep re-parses "params + arguments"; hand it the finished job list instead
         self.overrides = list(BasicSweeper.split_overrides_to_chunks(jobs, self.max_batch_size))

@@ -29,6 +29,9 @@ from ..sparsity.topk import drop_and_grow, global_topk
 @dataclasses.dataclass
 class GraNetOptions(UpdaterOptions):
     init_density: float = 0.5          # density at initialisation (reference --init-density 0.5)
+    # if set: start at min(1, ratio x the final density) instead (scales with s, so the Iso-FLOP
+    # search of a Sparse-IFT model always has a solution; the Table 2 preset uses 2)
+    init_density_ratio: Optional[float] = None
     init_distribution: Optional[str] = "erk"   # layer distribution of the initial mask; null = `distribution`
     prune_start: float = 0.0           # pruning starts at this fraction of training
     prune_end: float = 0.5             # ... and reaches s here (reference CIFAR: epoch 80 of 160)
@@ -55,6 +58,9 @@ class GraNet(DynamicSparse):
         check_updater(self.name, o)
         check(0.0 < o.init_density <= 1.0, self.name, f"init_density={o.init_density} must be "
               "in (0, 1]")
+        check(o.init_density_ratio is None or o.init_density_ratio >= 1.0, self.name,
+              f"init_density_ratio={o.init_density_ratio} must be >= 1 (the start is denser "
+              "than the end) or null")
         check(0.0 <= o.prune_start <= o.prune_end <= 1.0, self.name, f"need 0 <= prune_start="
               f"{o.prune_start} <= prune_end={o.prune_end} <= 1 (fractions of training)")
         check(0.0 <= o.prune_rate_min <= o.prune_rate <= 1.0, self.name, f"need 0 <= "
@@ -67,6 +73,10 @@ class GraNet(DynamicSparse):
                                 o.prune_rate_min, o.grad_accumulation_n)
 
     def _init_sparsity(self, s: float) -> float:
+        """Sparsity at the start for final sparsity ``s``: fixed, or a multiple of its density."""
+        ratio = self.opts.init_density_ratio
+        if ratio is not None:
+            return max(0.0, 1.0 - ratio * (1.0 - s))
         return min(s, 1.0 - self.init_density)
 
     def _distribution(self, fallback: Mapping[str, Any]) -> Mapping[str, Any]:
