@@ -37,5 +37,6 @@ def isoflop_or_explain(flops_at: Callable[[float], float], target: float, s: flo
         best = highest_feasible(floor_at, target, s)
         raise UserError(f"ift={ift} at s={s} cannot be Iso-FLOP: the FLOPs sparsity cannot reduce "
                         f"(attention, depthwise, stem/head, dense factors, a method's denser "
-                        f"start) alone need {floor_at(s):.4g} > the dense baseline's {target:.4g}; the highest "
-                        f"feasible s is {best:.4f}: use s<={best:.4f}") from None
+                        f"start) alone need {floor_at(s):.4g} > the dense baseline's "
+                        f"{target:.4g}; the highest feasible s is {best:.4f}: use "
+                        f"s<={best:.4f}") from None
