@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ift_helpers import meta, one_thread, resnet  # noqa: F401 (fixture)
@@ -104,6 +105,26 @@ def test_factorized_linear_option_has_no_nonlinearity():
     model, _ = meta("factorized", 0.5, BUILD, nonlinearity="linear")
     block = model.layer1[0].conv1
     assert isinstance(block.norm, nn.Identity) and isinstance(block.act, nn.Identity)
+
+
+@pytest.mark.parametrize("kind", ["linear", "bn", "bn_relu"])
+def test_doped_nonlinearity_between_u_and_v(kind):
+    """Doped computes sparse(x) + V(act(norm(U(x)))), written out here with plain functionals."""
+    torch.manual_seed(0)
+    model = build_ift_model({"name": "doped", "nonlinearity": kind}, 0.75,
+                            resnet(classes=10, base_width=8), (3, 8, 8))
+    block = model.layer1[0].conv1
+    assert isinstance(block.norm, nn.Identity if kind == "linear" else nn.BatchNorm2d)
+    assert isinstance(block.act, nn.ReLU if kind == "bn_relu" else nn.Identity)
+    block.train()
+    x = torch.randn(4, 8, 6, 6)
+    h = F.conv2d(x, block.u.weight, stride=block.u.stride, padding=block.u.padding)
+    if kind != "linear":
+        h = F.batch_norm(h, None, None, block.norm.weight, block.norm.bias, training=True)
+    if kind == "bn_relu":
+        h = h.relu()
+    want = F.conv2d(x, block.sparse.weight, padding=1) + F.conv2d(h, block.v.weight)
+    torch.testing.assert_close(block(x), want)
 
 
 @pytest.mark.parametrize("s", S_VALUES)

@@ -146,3 +146,13 @@ def test_hydra_groups_are_not_checked_against_our_conf(tmp_path):
 
     assert "hydra" not in groups()  # conf/hydra holds the sweeper, not a run config group
     check_command_line(["hydra/sweeper=basic", "hydra/launcher=basic", f"out_dir={tmp_path}"])
+
+
+def test_table7_runs_every_member_with_and_without_its_nonlinearity():
+    full = jobs("sift_table7")
+    assert len(full) == 3 * (1 + 7 * 3)   # dense + 4 non-linear + 3 linear members, 3 s
+    rows = {tuple(x for x in j if not x.startswith(("s=", "seed="))) for j in full}
+    assert ("method=rigl", "ift=doped", "ift.nonlinearity=bn_relu") in rows
+    assert ("method=rigl", "ift=parallel", "ift.norm=none", "preset.row=parallel_linear") in rows
+    published = {r.key for r in load_published("sift_table7").rows if not r.reference}
+    assert {"parallel_linear", "factorized_linear", "doped_linear"} <= published

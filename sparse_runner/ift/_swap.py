@@ -173,6 +173,16 @@ def batch_norm(layer: Layer, features: int) -> nn.Module:
     return nn.BatchNorm2d(features, **kw)
 
 
+NONLINEARITIES = ("bn_relu", "bn", "linear")
+
+
+def between(layer: Layer, rank: int, kind: str) -> tuple[nn.Module, nn.Module]:
+    """The (norm, activation) between U and V: BatchNorm + ReLU (``bn_relu``), BatchNorm
+    (``bn``) or nothing (``linear``, a plain low-rank product)."""
+    norm = nn.Identity() if kind == "linear" else batch_norm(layer, rank)
+    return norm, nn.ReLU(inplace=True) if kind == "bn_relu" else nn.Identity()
+
+
 class IFTModule(nn.Module):
     """Base of the modules a member puts in place of a layer; ``describe`` feeds summary.json."""
 

@@ -12,6 +12,10 @@ the Iso-FLOP search counts them at full FLOPs. The official code sparsifies them
 generic ``should_sparsify`` takes every tensor with ndim > 1), which makes its Doped model use
 fewer FLOPs than the dense baseline; here the total really is Iso-FLOP. A layer whose rank
 rounds to 0 (tiny layers at small s) keeps only the sparse matrix.
+
+``nonlinearity``: what runs between U and V. ``linear`` (default: the official code, and Table
+7's Doped row without non-linearity), or ``bn_relu`` / ``bn`` (the paper's BatchNorm + ReLU,
+Table 7's non-linear row); a low-rank path with a non-linearity no longer folds into W.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from torch import nn
 
 from ..sparsity.filter import mark_dense
 from .base import IFTS, exact
-from ._swap import Layer, LayerSwap, LowRank, factor, fan
+from ._swap import NONLINEARITIES, Layer, LayerSwap, LowRank, between, factor, fan
 
 
 def doped_rank(d_in: int, d_out: int, s: float) -> int:
@@ -31,33 +35,36 @@ def doped_rank(d_in: int, d_out: int, s: float) -> int:
 
 
 class Doped(LowRank):
-    """sparse(x) + v(u(x)) with u, v dense by construction."""
+    """sparse(x) + v(act(norm(u(x)))) with u, v dense by construction."""
 
-    def __init__(self, sparse: Layer, u: Layer, v: Layer, dense_low_rank: bool = True) -> None:
+    def __init__(self, sparse: Layer, u: Layer, v: Layer, dense_low_rank: bool = True,
+                 between: tuple[nn.Module, nn.Module] | None = None) -> None:
         super().__init__()
         self.sparse, self.u, self.v = sparse, u, v
+        self.norm, self.act = between if between is not None else (nn.Identity(), nn.Identity())
         if dense_low_rank:
             mark_dense(u.weight)
             mark_dense(v.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sparse(x) + self.v(self.u(x))
+        return self.sparse(x) + self.v(self.act(self.norm(self.u(x))))
 
 
 @IFTS.register("doped")
 class DopedFamily(LayerSwap):
     name = "doped"
     # low_rank=sparse: U and V are sparsified with the rest, as the official code does
-    options = {**LayerSwap.options, "low_rank": "dense"}
-    choices = {"low_rank": ("dense", "sparse")}
+    options = {**LayerSwap.options, "low_rank": "dense", "nonlinearity": "linear"}
+    choices = {"low_rank": ("dense", "sparse"), "nonlinearity": NONLINEARITIES}
 
     def replace(self, layer: Layer, s: float) -> nn.Module:
         rank = doped_rank(*fan(layer), s)
         if rank == 0:
             return layer
         u, v = factor(layer, rank, bias=False)  # the sparse matrix keeps the layer's bias
-        return Doped(layer, u, v, dense_low_rank=self.cfg["low_rank"] == "dense")
+        return Doped(layer, u, v, dense_low_rank=self.cfg["low_rank"] == "dense",
+                     between=between(layer, rank, self.cfg["nonlinearity"]))
 
     def describe(self, s: float) -> dict[str, Any]:
         return {"rank_rule": "floor(s*Din*Dout / (Din+Dout))", "low_rank": self.cfg["low_rank"],
-                "exclude": list(self.cfg["exclude"])}
+                "nonlinearity": self.cfg["nonlinearity"], "exclude": list(self.cfg["exclude"])}

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .base import IFTS, exact
-from ._swap import Layer, LayerSwap, LowRank, batch_norm, factor, fan
+from ._swap import NONLINEARITIES, Layer, LayerSwap, LowRank, between, factor, fan
 
 
 def factorized_rank(d_in: int, d_out: int, s: float) -> int:
@@ -31,10 +31,10 @@ def factorized_rank(d_in: int, d_out: int, s: float) -> int:
 class Factorized(LowRank):
     """v(act(norm(u(x))))."""
 
-    def __init__(self, u: Layer, v: Layer, norm: nn.Module, relu: bool) -> None:
+    def __init__(self, u: Layer, v: Layer, between: tuple[nn.Module, nn.Module]) -> None:
         super().__init__()
-        self.u, self.norm, self.v = u, norm, v
-        self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
+        self.u, self.v = u, v
+        self.norm, self.act = between
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.v(self.act(self.norm(self.u(x))))
@@ -44,14 +44,12 @@ class Factorized(LowRank):
 class FactorizedFamily(LayerSwap):
     name = "factorized"
     options = {**LayerSwap.options, "nonlinearity": "bn_relu"}
-    choices = {"nonlinearity": ("bn_relu", "bn", "linear")}
+    choices = {"nonlinearity": NONLINEARITIES}
 
     def replace(self, layer: Layer, s: float) -> nn.Module:
         rank = factorized_rank(*fan(layer), s)
         u, v = factor(layer, rank, bias=layer.bias is not None)
-        kind = self.cfg["nonlinearity"]
-        norm = nn.Identity() if kind == "linear" else batch_norm(layer, rank)
-        return Factorized(u, v, norm, relu=kind == "bn_relu")
+        return Factorized(u, v, between(layer, rank, self.cfg["nonlinearity"]))
 
     def describe(self, s: float) -> dict[str, Any]:
         return {"rank_rule": "ceil(Din*Dout / ((Din+Dout)*(1-s)))",
