@@ -25,7 +25,7 @@ from . import distributed as dist
 from .errors import TrainingFailed, UserError, one_line
 from .fsio import atomic_write, atomic_write_text, probe_dir
 from .launch import rank_overrides
-from .overrides import check_keys, normalise, parse
+from .overrides import check_keys, defer_swept_group_keys, normalise, parse
 from .stop import forward
 from .train import Interrupted
 
@@ -126,6 +126,7 @@ def main() -> None:
     try:
         sys.argv[1:] = normalise(sys.argv[1:])
         check_command_line(sys.argv[1:])
+        sys.argv[1:] = defer_swept_group_keys(sys.argv[1:])
         sys.argv[1:] = rank_overrides(sys.argv[1:])  # torchrun: one run directory for all ranks
         _hydra_main()
     except UserError as exc:

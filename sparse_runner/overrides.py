@@ -60,6 +60,7 @@ class Arg:
     prefix: str          # "", "+", "++", "~"
     key: str
     values: list[str]
+    sweep: bool = False  # a sweep override (a,b / choice(...) / range(...)), even of one value
 
     @property
     def is_group(self) -> bool:
@@ -88,7 +89,30 @@ def parse(argv: list[str]) -> list[Arg]:
         else:
             value = ov.value() if "=" in arg else None
             values = [] if value is None else [str(value)]
-        out.append(Arg(arg, prefix, ov.key_or_group, values))
+        out.append(Arg(arg, prefix, ov.key_or_group, values, ov.is_sweep_override()))
+    return out
+
+
+def defer_swept_group_keys(argv: list[str]) -> list[str]:
+    """Make the keys of a swept group per-job overrides.
+
+    In ``sparse-run -m method=rigl,set method.delta_t=50`` every job reads ``method.delta_t``,
+    but Hydra first composes the sweep's own config with the group's *default* option, which may
+    lack the key (``method=dense``), and fails. A one-value sweep, ``method.delta_t=choice(50)``,
+    is not applied there, only to each job. (:func:`check_keys` has checked the key against
+    every option the sweep names.)"""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return argv
+    args = {a.text: a for a in parse(argv)}
+    swept = {a.key for a in args.values() if a.is_group and a.sweep}
+    out = []
+    for arg in argv:
+        a = args.get(arg)
+        if a is not None and not a.sweep and not a.prefix and a.values \
+                and a.key.split(".")[0] in swept:
+            key, _, value = arg.partition("=")
+            arg = f"{key}=choice({value})"
+        out.append(arg)
     return out
 
 

@@ -101,3 +101,26 @@ def test_nan_loss_fails_cleanly_and_keeps_last_checkpoint(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and "loss became" in summary["error"]
     assert not list(out.glob("**/*.tmp")), "no half-written files"
+
+
+def test_sweep_over_methods_with_a_method_option(tmp_path):
+    """-m method=a,b method.<key>=v: the default method lacks the key; every job reads it."""
+    sweep = tmp_path / "sweep"
+    proc = cli("-m", "method=rigl,set", "method.delta_t=7", "s=0.5", "run.dry_run=true",
+               f"out_dir={sweep}", *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job, name in (("0", "rigl"), ("1", "set")):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["method"] == name
+        assert "delta_t: 7" in (sweep / job / ".hydra" / "config.yaml").read_text()
+
+
+def test_defer_swept_group_keys_rewrites_only_keys_of_swept_groups():
+    from sparse_runner.overrides import defer_swept_group_keys
+
+    argv = ["-m", "method=rigl,set", "method.delta_t=7", "seed=0", "method.alpha=choice(0.3)"]
+    assert defer_swept_group_keys(argv) == [
+        "-m", "method=rigl,set", "method.delta_t=choice(7)", "seed=0", "method.alpha=choice(0.3)"]
+    assert defer_swept_group_keys(argv[1:]) == argv[1:]          # a single run: untouched
+    single = ["-m", "method=rigl", "method.delta_t=7", "seed=0,1"]
+    assert defer_swept_group_keys(single) == single              # the group is not swept
