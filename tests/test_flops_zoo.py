@@ -86,6 +86,20 @@ def test_every_member_is_isoflop(name, ift):
         assert member.table.sparse_fwd(density) == pytest.approx(iso.flops, rel=1e-12)
 
 
+@pytest.mark.parametrize("arch", ["resnet50", "resnet152", "wide_resnet50_2", "resnext50_32x4d"])
+def test_sparse_wide_torchvision_bottleneck_resnets_are_isoflop(arch):
+    """The width knob of the bottleneck ResNets: a wider model than the dense one, matched to
+    1e-6 from below at the paper's levels (CIFAR-100 input, stem and head dense)."""
+    survey = Survey.for_dataset({"name": "torchvision", "arch": arch}, "cifar100")
+    target = survey.baseline.dense_fwd()
+    for s in (0.5, 0.75, 0.9):
+        member = survey.member("wide", s)
+        assert member.table.dense_fwd() > 1.5 * target
+        iso = search(member, target, survey=survey)
+        assert iso.rel_error <= 1e-6 and iso.flops <= target, (s, iso)
+        assert iso.sparsity == pytest.approx(s, abs=0.02)  # k_sw^2 widening, int channel counts
+
+
 def test_infeasible_s_names_the_highest_feasible_one():
     # a long context on a narrow GPT: attention dominates, and widening grows it
     survey = Survey.for_dataset({**GPT_SMALL, "block_size": 1024}, "shakespeare")

@@ -3,9 +3,10 @@
 Built with the dataset's class count; for inputs other than 3 channels the first conv is
 rebuilt with that many inputs (same kernel, stride and padding). No weights are downloaded:
 ``model.weights=<file>`` loads a state dict from disk, and ``model.pretrained=true`` loads
-torchvision's default checkpoint when torch hub's cache already holds it (else one line). The width knob (Sparse Wide) exists for
-the basic-block ResNets (resnet18/34): they are built by :mod:`.resnet`, whose layout and
-parameter names are torchvision's, at the widened width.
+torchvision's default checkpoint when torch hub's cache already holds it (else one line).
+The width knob (Sparse Wide) exists for every torchvision ResNet (resnet18/34/50/101/152,
+wide_resnet50_2/101_2, resnext50_32x4d, resnext101_32x8d/64x4d): they are built by
+:mod:`.resnet`, whose layout and parameter names are torchvision's, at the widened width.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import no_width_knob, takes
-from .resnet import DEPTHS, ResNet
+from .resnet import BOTTLENECKS, DEPTHS, torchvision_resnet
 
 
 def resolve_arch(arch: Any) -> str:
@@ -116,10 +117,9 @@ def build_torchvision(*, in_channels: int, num_classes: int, image_size: int,
         if pretrained or weights:
             raise UserError("ift=wide builds a wider model from scratch; pretrained weights do "
                             "not fit it: set model.pretrained=false and model.weights=null")
-        if name not in DEPTHS:
+        if name not in DEPTHS and name not in BOTTLENECKS:
             no_width_knob(f"torchvision {name}", width_mult)
-        width = int(64 * width_mult)
-        return ResNet(DEPTHS[name], num_classes, in_channels, width, "imagenet", False)
+        return torchvision_resnet(name, num_classes, in_channels, int(64 * width_mult))
     try:
         model = models.get_model(name, weights=None, num_classes=num_classes, **dict(kwargs or {}))
     except (TypeError, ValueError) as exc:
