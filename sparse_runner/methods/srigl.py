@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from ..flops import LayerTable
 from ..sparsity.dst import DSTOptions, DynamicSparse
-from ..sparsity.fanin import (fanin_density, fanin_plan, fanin_rounding_steps, install_constant_fanin, row_top, rows_cols,
-                              sparse_init_)
+from ..sparsity.fanin import (fanin_density, fanin_plan, fanin_rounding_steps,
+                              install_constant_fanin, row_top, rows_cols, sparse_init_)
 from ..sparsity.method import SetupContext, register
 from ..sparsity.options import check, check_bool, is_num
 from ..sparsity.topk import top_flat

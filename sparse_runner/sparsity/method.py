@@ -121,7 +121,8 @@ class SparsityMethod:
         if (type(self).planned_density is not base.planned_density
                 or type(self).mean_fwd_flops is not base.mean_fwd_flops):
             return {}
-        return nonzero_steps(table, sparse, planned_nnz(table, sparse, s, distribution, extra_dense))
+        nnz = planned_nnz(table, sparse, s, distribution, extra_dense)
+        return nonzero_steps(table, sparse, nnz)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def prepare(self, model: nn.Module, ctx: SetupContext) -> None:
