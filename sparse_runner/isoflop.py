@@ -11,7 +11,8 @@ one nonzero of the most expensive sparse layer (1.7e-5 relative on MobileNetV2 a
 ``refine`` closes that step: given the lower end's s and the FLOPs still missing there, it
 returns extra nonzeros per layer (FLOP-aware rounding,
 :func:`~sparse_runner.sparsity.distributions.flop_rounding`) and the FLOPs they add; the result
-carries them as ``trim`` for the method's setup, and it never exceeds the target.
+carries them as ``trim`` for the method's setup, and it never exceeds the target. That result
+is taken when it is within ``BELOW_RTOL`` (1e-6) or closer than either end of the bracket.
 """
 from __future__ import annotations
 

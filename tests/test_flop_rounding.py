@@ -79,3 +79,21 @@ def test_setup_builds_the_trimmed_counts(cfg):
     after = [int(m.sum()) for m in trimmed.masks.masks]
     step = 8 if cfg.get("fan_in") == "constant" or cfg["name"] == "srigl" else 1  # a column
     assert after == [before[0], before[1] + 3 * step]
+
+
+def test_search_refines_from_below_a_step_function():
+    """FLOPs in steps of 10 (one costly weight); a cheap layer (1 FLOP per weight) makes up the
+    rest: the result is exact, under the target at every stage, and carries the trim."""
+    from sparse_runner.isoflop import isoflop_sparsity
+
+    def flops(s: float) -> float:
+        return 10.0 * (100 - int(100 * s)) + 5
+
+    def refine(s: float, gap: float):
+        trim = flop_rounding({"cheap": (1.0, 50)}, gap)
+        return trim, sum(trim.values()) * 1.0
+
+    plain = isoflop_sparsity(flops, 503.0)
+    assert plain.rel_error > 1e-3 and plain.trim == {}
+    iso = isoflop_sparsity(flops, 503.0, refine=refine)
+    assert iso.flops == 503.0 and iso.trim == {"cheap": 8} and flops(iso.sparsity) == 495.0
