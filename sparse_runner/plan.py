@@ -27,7 +27,7 @@ from .ift.feasible import isoflop_or_explain
 from .isoflop import S_MAX, IsoFlopResult
 from .methods import build_method
 from .models import build_model
-from .sparsity import SetupContext, SparsityMethod, select_sparse
+from .sparsity import SetupContext, SparsityMethod, rounding_refine, select_sparse
 from .sparsity.backend import BACKENDS
 from .tasks import Task, build_task
 
@@ -64,7 +64,7 @@ class RunPlan:
             seed=int(self.cfg.seed), distribution=self.cfg.distribution,
             extra_dense=self.extra_dense, batches=lambda: data.train.batches(10**6),
             loss_fn=self.task.loss if self.task else torch.nn.functional.cross_entropy,
-            device=self.device)
+            device=self.device, trim=dict(self.iso.trim) if self.iso is not None else {})
 
     def trace(self, model: torch.nn.Module) -> LayerTable:
         """The layer table of ``model`` on the dataset's input (FLOPs per the task's unit)."""
@@ -233,6 +233,7 @@ def _search_isoflop(plan: RunPlan) -> None:
         sparse = select_sparse(model, table, dense_patterns(cfg.sparse.dense, model))
         return flops_at(table, sparse)(S_MAX)
 
+    refine = rounding_refine(method, table, plan.sparse, cfg.distribution, plan.extra_dense)
     plan.iso = isoflop_or_explain(flops_at(table, plan.sparse), float(target), plan.s,
-                                  str(cfg.ift.name), floor_at)
+                                  str(cfg.ift.name), floor_at, refine)
     plan.s_eff = plan.iso.sparsity

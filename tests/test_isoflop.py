@@ -1,6 +1,7 @@
 """The Iso-FLOP search (appendix A.2): every member at s in {0.5, 0.75, 0.9}, uniform and ERK,
-stem and head dense, matches the dense ResNet-18's forward FLOPs to 1e-5; methods whose FLOPs
-change over training are matched on average; the run's dry run reports it end to end."""
+stem and head dense, matches the dense ResNet-18's forward FLOPs to 1e-6 from below (FLOP-aware
+rounding of the nonzero counts); methods whose FLOPs change over training are matched on
+average; the run's dry run reports it end to end."""
 from __future__ import annotations
 
 import csv
@@ -31,10 +32,11 @@ def test_members_are_iso_flop_with_the_dense_baseline(ift, distribution):
         member = SURVEY.member(ift, s)
         assert member.table.dense_fwd() > 1.4 * target  # the transformed model is bigger ...
         iso = search(member, target, distribution=dist)
-        assert iso.rel_error <= 1e-5, (ift, s)       # ... and Iso-FLOP once sparse
-        nnz = planned_nnz(member.table, member.sparse, iso.sparsity, dist)
+        assert iso.rel_error <= 1e-6 and iso.flops <= target, (ift, s)  # ... and Iso-FLOP
+        assert max(iso.trim.values(), default=0) <= 4   # a few weights per layer at most
+        nnz = planned_nnz(member.table, member.sparse, iso.sparsity, dist, trim=iso.trim)
         density = {n: nnz[n] / member.table[n].numel for n in member.sparse}
-        assert member.table.sparse_fwd(density) == iso.flops
+        assert member.table.sparse_fwd(density) == pytest.approx(iso.flops, rel=1e-12)
         assert 0.4 < iso.sparsity < 0.99
 
 
@@ -58,7 +60,7 @@ def test_methods_with_varying_flops_are_matched_on_average():
     member, target = SURVEY.member("wide", 0.75), SURVEY.baseline.dense_fwd()
     method = DenseToSparse()
     iso = search(member, target, method)
-    assert iso.rel_error <= 1e-5
+    assert iso.rel_error <= 1e-5 and iso.trim == {}  # FLOPs not linear in the counts: no trim
     end = member.table.sparse_fwd(method.planned_density(member.table, member.sparse,
                                                          iso.sparsity, {"name": "uniform"}))
     assert end < target  # sparser at the end than a static run, to pay for the dense start
@@ -69,7 +71,7 @@ def test_methods_with_varying_flops_are_matched_on_average():
 def test_registered_methods_plan_iso_flop(name):
     member = SURVEY.member("doped", 0.9)
     iso = search(member, SURVEY.baseline.dense_fwd(), build_method({"name": name}))
-    assert iso.rel_error <= 1e-5
+    assert iso.rel_error <= 1e-6
 
 
 def test_search_is_pure_and_checks_feasibility():
@@ -97,10 +99,9 @@ def test_dry_run_reports_an_iso_flop_wide_model(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "dry_run"
     sp, fl, iso = summary["sparsity"], summary["flops"], summary["isoflop"]
     assert sp["target"] == 0.9 and sp["effective"] == iso_s(summary)
-    # Within one nonzero of the costliest layer (2 FLOPs x 32 x 32 positions): the resolution of
-    # any search over nonzero counts. For this 16-wide model that is 2.9e-5 relative; for the
-    # full ResNet-18 it is 1.8e-6 and the members test above asserts 1e-5.
-    assert abs(fl["sparse_fwd"] - fl["dense_baseline_fwd"]) <= 2 * 32 * 32
+    # The masks hold the searched counts plus the FLOP-aware trim: without it this 16-wide
+    # model would be up to one nonzero of its costliest layer off (2 x 32 x 32 FLOPs, 2.9e-5)
+    assert fl["sparse_fwd"] <= fl["dense_baseline_fwd"] and iso["rel_error"] <= 1e-6
     assert iso["rel_error"] == pytest.approx(
         abs(fl["sparse_fwd"] - fl["dense_baseline_fwd"]) / fl["dense_baseline_fwd"])
     assert fl["model_dense_fwd"] > 9 * fl["dense_baseline_fwd"]

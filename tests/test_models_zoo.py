@@ -8,6 +8,7 @@ from torch import nn
 
 from sparse_runner.errors import UserError
 from sparse_runner.models import build_model, count_params
+from sparse_runner.models.resnet import BOTTLENECKS, DEPTHS, torchvision_resnet
 from zoo_models import PRESETS, image_builder
 
 TIMM_NAMES = ["mobilenetv2_100", "mobilevit_s", "botnet26t_256", "botnet50ts_256", "resnet50",
@@ -37,18 +38,44 @@ def test_torchvision_param_counts_equal_torchvision(arch):
     assert count_params(ours) == count_params(theirs)
 
 
-def test_torchvision_resnet_width_knob_is_torchvision_layout():
+def _layout(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(n, tuple(p.shape)) for n, p in [*model.named_parameters(), *model.named_buffers()]]
+
+
+@pytest.mark.parametrize("arch", [*DEPTHS, *BOTTLENECKS])
+def test_every_torchvision_resnet_has_a_width_knob_in_torchvision_layout(arch):
+    """Our builder at W=64 is torchvision's model (names and shapes); widened, every block's
+    channels grow by the factor and the names stay (check_widened relies on that)."""
     from torchvision import models
 
     with torch.device("meta"):
-        ours = build_model({"name": "torchvision", "arch": "resnet18"}, in_channels=3,
-                           num_classes=10, image_size=224, width_mult=1.0)
-        wide = build_model({"name": "torchvision", "arch": "resnet18"}, in_channels=3,
+        ref = models.get_model(arch, weights=None, num_classes=10)
+        ours = torchvision_resnet(arch, 10, 3, 64)
+        dense = build_model({"name": "torchvision", "arch": arch}, in_channels=3,
+                            num_classes=10, image_size=224)
+        wide = build_model({"name": "torchvision", "arch": arch}, in_channels=3,
                            num_classes=10, image_size=224, width_mult=2.0)
-        ref = models.resnet18(num_classes=10)
-    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert _layout(ours) == _layout(ref) and count_params(dense) == count_params(ref)
     assert [n for n, _ in wide.named_parameters()] == [n for n, _ in ref.named_parameters()]
-    assert wide.conv1.out_channels == 128
+    assert wide.conv1.out_channels == 128 and wide.fc.in_features == 2 * ref.fc.in_features
+    theirs = dict(ref.named_modules())
+    for name, mod in wide.named_modules():
+        if isinstance(mod, torch.nn.Conv2d):  # ResNeXt: same groups, each group twice as wide
+            like = theirs[name]
+            assert (mod.groups, mod.out_channels) == (like.groups, 2 * like.out_channels), name
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "resnext50_32x4d"])
+def test_bottleneck_resnet_computes_what_torchvision_computes(arch):
+    from torchvision import models
+
+    torch.manual_seed(0)
+    ref = models.get_model(arch, weights=None, num_classes=10).eval()
+    ours = torchvision_resnet(arch, 10, 3, 64).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
 
 
 def test_channels_and_classes_come_from_the_dataset():

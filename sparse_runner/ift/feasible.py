@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import UserError
-from ..isoflop import IsoFlopResult, isoflop_sparsity
+from ..isoflop import IsoFlopResult, Refine, isoflop_sparsity
 
 
 def highest_feasible(floor_at: Callable[[float], float], target: float, s: float,
@@ -27,10 +27,11 @@ def highest_feasible(floor_at: Callable[[float], float], target: float, s: float
 
 
 def isoflop_or_explain(flops_at: Callable[[float], float], target: float, s: float, ift: str,
-                       floor_at: Callable[[float], float]) -> IsoFlopResult:
+                       floor_at: Callable[[float], float],
+                       refine: Refine | None = None) -> IsoFlopResult:
     """The Iso-FLOP search; if s is infeasible, one line that gives the highest feasible s."""
     try:
-        return isoflop_sparsity(flops_at, target)
+        return isoflop_sparsity(flops_at, target, refine=refine)
     except UserError:
         if floor_at(s) <= target:
             raise

@@ -18,7 +18,7 @@ from ..flops import LayerTable, trace_layers
 from ..isoflop import S_MAX, IsoFlopResult, isoflop_sparsity
 from ..models import build_model
 from ..methods import build_method
-from ..sparsity import SparsityMethod, select_sparse
+from ..sparsity import SparsityMethod, rounding_refine, select_sparse
 from . import build_ift_model
 from .feasible import isoflop_or_explain
 
@@ -119,10 +119,11 @@ def search(member: Member, target: float, method: SparsityMethod | None = None,
     def flops_at(m: Member) -> Callable[[float], float]:
         return lambda x: method.mean_fwd_flops(m.table, m.sparse, x, dist)
 
+    refine = rounding_refine(method, member.table, member.sparse, dist)
     if survey is None:
-        return isoflop_sparsity(flops_at(member), target)
+        return isoflop_sparsity(flops_at(member), target, refine=refine)
 
     def floor_at(s: float) -> float:
         return flops_at(survey.member(member.ift, s) if s > 0 else member)(S_MAX)
 
-    return isoflop_or_explain(flops_at(member), target, member.s, member.ift, floor_at)
+    return isoflop_or_explain(flops_at(member), target, member.s, member.ift, floor_at, refine)

@@ -65,7 +65,7 @@ def build_tables(survey: Survey, s_values: Sequence[float], members: Sequence[st
             m = survey.member(ift, s)
             card.append(f"{human(m.sparse_weights())} ({m.sparse_weights() / dense.sparse_weights():.2f}x)")
             iso = search(m, target, method, dist, survey)
-            nnz = planned_nnz(m.table, m.sparse, iso.sparsity, dist)
+            nnz = planned_nnz(m.table, m.sparse, iso.sparsity, dist, trim=iso.trim)
             nonzero = m.params() - sum(m.table[n].numel - nnz[n] for n in m.sparse)
             size_rows.append([ift, s, structure(m), human(m.params()), human(nonzero),
                               human(m.table.dense_fwd()), human(iso.flops),

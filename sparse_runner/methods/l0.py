@@ -19,7 +19,7 @@ from ..data.base import mix_seed
 from ..flops import LayerTable, dense_grad_extra
 from ..sparsity.gates import GATES, build_gate
 from ..sparsity.masks import MaskManager
-from ..sparsity.method import SetupContext, SparsityMethod, planned_nnz, register
+from ..sparsity.method import SetupContext, SparsityMethod, register
 from ..sparsity.options import MethodOptions, check, check_choice
 from ..sparsity.schedules import cubic_ramp, ramp_progress
 from ..sparsity.shadow import Shadow
@@ -106,7 +106,7 @@ class L0(SparsityMethod):
     def setup(self, model: nn.Module, ctx: SetupContext) -> None:
         self.ctx = ctx
         self.masks = MaskManager(model, ctx.sparse)
-        nnz = planned_nnz(ctx.table, ctx.sparse, ctx.s, ctx.distribution, ctx.extra_dense)
+        nnz = ctx.nnz()
         self._final = [nnz[n] for n in ctx.sparse]
         self._start = self._start_densities([k / p.numel()
                                              for k, p in zip(self._final, self.masks.params)])

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from ..flops import LayerTable
 from ..sparsity.dst import DSTOptions, DynamicSparse
-from ..sparsity.fanin import (fanin_density, fanin_plan, install_constant_fanin, row_top, rows_cols,
-                              sparse_init_)
+from ..sparsity.fanin import (fanin_density, fanin_plan, fanin_rounding_steps,
+                              install_constant_fanin, row_top, rows_cols, sparse_init_)
 from ..sparsity.method import SetupContext, register
 from ..sparsity.options import check, check_bool, is_num
 from ..sparsity.topk import top_flat
@@ -65,6 +65,11 @@ class SRigL(DynamicSparse):
                         distribution: Mapping[str, Any], extra_dense: int = 0) -> dict[str, float]:
         return fanin_density(table, fanin_plan(table, sparse, s, distribution, extra_dense,
                                                strict=False))
+
+    def rounding_steps(self, table: LayerTable, sparse: list[str], s: float,
+                       distribution: Mapping[str, Any], extra_dense: int = 0
+                       ) -> dict[str, tuple[float, int]]:
+        return fanin_rounding_steps(table, sparse, s, distribution, extra_dense)
 
     def init_masks(self, model: nn.Module, ctx: SetupContext) -> None:
         k = install_constant_fanin(self, model, ctx)

@@ -11,8 +11,9 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..flops import LayerTable
-from ..sparsity.fanin import fanin_density, fanin_plan, install_constant_fanin
-from ..sparsity.method import SetupContext, SparsityMethod, register
+from ..sparsity.fanin import (fanin_density, fanin_plan, fanin_rounding_steps,
+                              install_constant_fanin)
+from ..sparsity.method import SetupContext, SparsityMethod, nonzero_steps, planned_nnz, register
 from ..sparsity.options import MethodOptions, check_choice
 
 FAN_IN = ("unstructured", "constant")
@@ -39,6 +40,14 @@ class Static(SparsityMethod):
             return fanin_density(table, fanin_plan(table, sparse, s, distribution, extra_dense,
                                                    strict=False))
         return super().planned_density(table, sparse, s, distribution, extra_dense)
+
+    def rounding_steps(self, table: LayerTable, sparse: list[str], s: float,
+                       distribution: Mapping[str, Any], extra_dense: int = 0
+                       ) -> dict[str, tuple[float, int]]:
+        if self.fan_in == "constant":
+            return fanin_rounding_steps(table, sparse, s, distribution, extra_dense)
+        return nonzero_steps(table, sparse, planned_nnz(table, sparse, s, distribution,
+                                                        extra_dense))
 
     def setup(self, model: nn.Module, ctx: SetupContext) -> None:
         if self.fan_in == "constant":

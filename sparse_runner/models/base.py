@@ -15,7 +15,8 @@ from torch import nn
 from ..errors import UserError
 
 Factory = Callable[..., nn.Module]
-WIDE_FAMILIES = ("resnet18", "resnet34", "torchvision resnet18/resnet34", "timm mobilenetv2_*",
+WIDE_FAMILIES = ("resnet18", "resnet34", "torchvision resnet*/wide_resnet*/resnext*",
+                 "timm mobilenetv2_*",
                  "timm mobilevit_*", "timm botnet*", "gpt")
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 from .distributions import layer_density, layer_nnz
 from .filter import mark_dense, select_sparse
 from .masks import MaskManager
-from .method import METHODS, SetupContext, SparsityMethod, planned_nnz, random_mask, register
+from .method import (METHODS, SetupContext, SparsityMethod, planned_nnz, random_mask, register,
+                     rounding_refine)
 
 __all__ = ["METHODS", "MaskManager", "SetupContext", "SparsityMethod", "layer_density",
-           "layer_nnz", "mark_dense", "planned_nnz", "random_mask", "register", "select_sparse"]
+           "layer_nnz", "mark_dense", "planned_nnz", "random_mask", "register", "rounding_refine",
+           "select_sparse"]

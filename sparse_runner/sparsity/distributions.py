@@ -131,3 +131,35 @@ def layer_density(distribution: str, shapes: Mapping[str, Shape], s: float, **kw
     """:func:`layer_nnz` as densities (nonzeros / weights) per layer."""
     nnz = layer_nnz(distribution, shapes, s, **kw)
     return {n: nnz[n] / math.prod(shapes[n]) for n in shapes}
+
+
+def flop_rounding(steps: Mapping[str, tuple[float, int]], gap: float) -> dict[str, int]:
+    """FLOP-aware rounding: integer steps per layer whose FLOPs add up to at most ``gap``.
+
+    The Iso-FLOP search bisects on s, but nonzeros are integers, so FLOPs are a step function of
+    s and the search stops one step below the target, a step being up to one weight of the most
+    expensive layer (an early conv at full resolution). ``steps[n] = (cost, room)``: the FLOPs
+    one step adds to layer n (one nonzero, or one neuron row for constant fan-in) and the steps
+    that still fit in it. Greedy, most expensive layers first, each cost class spread round-robin
+    over its layers (in name order) so that no layer moves by more than a few steps: what is left
+    of the gap is below the cheapest cost, and the result never exceeds ``gap``. Deterministic.
+    """
+    out: dict[str, int] = {}
+    by_cost: dict[float, list[str]] = {}
+    for n in sorted(steps):
+        cost, room = steps[n]
+        if cost > 0 and room > 0:
+            by_cost.setdefault(float(cost), []).append(n)
+    for cost in sorted(by_cost, reverse=True):
+        want = math.floor(gap / cost * (1 + 1e-12))
+        while want > 0 and gap >= cost:
+            progressed = False
+            for n in by_cost[cost]:
+                if want == 0 or gap < cost:
+                    break
+                if out.get(n, 0) < steps[n][1]:
+                    out[n] = out.get(n, 0) + 1
+                    want, gap, progressed = want - 1, gap - cost, True
+            if not progressed:
+                break
+    return out

@@ -54,10 +54,29 @@ def fanin_counts(shapes: Mapping[str, Sequence[int]], nnz: Mapping[str, int], s:
 
 
 def fanin_plan(table: LayerTable, sparse: list[str], s: float, distribution: Mapping[str, Any],
-               extra_dense: int = 0, strict: bool = True) -> dict[str, int]:
-    """Fan-in per sparse layer at sparsity s under the configured distribution."""
+               extra_dense: int = 0, strict: bool = True,
+               trim: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Fan-in per sparse layer at sparsity s under the configured distribution, plus the
+    Iso-FLOP search's FLOP-aware ``trim`` (extra fan-in per layer)."""
     nnz = planned_nnz(table, sparse, s, distribution, extra_dense)
-    return fanin_counts({n: table[n].shape for n in sparse}, nnz, s, strict)
+    k = fanin_counts({n: table[n].shape for n in sparse}, nnz, s, strict)
+    for n, extra in (trim or {}).items():
+        k[n] = min(rows_cols(table[n].shape)[1], max(0, k[n] + int(extra)))
+    return k
+
+
+def fanin_rounding_steps(table: LayerTable, sparse: list[str], s: float,
+                         distribution: Mapping[str, Any], extra_dense: int = 0
+                         ) -> dict[str, tuple[float, int]]:
+    """FLOP-aware rounding for constant fan-in: one step is one more incoming weight for every
+    neuron of a layer (a whole column of nonzeros), so it costs n_out times a nonzero's FLOPs;
+    the search gets within the cheapest such column of the target, not within one weight."""
+    k = fanin_plan(table, sparse, s, distribution, extra_dense, strict=False)
+    out = {}
+    for n in sparse:
+        rows, cols = rows_cols(table[n].shape)
+        out[n] = (table[n].fwd_flops * rows / table[n].numel, cols - k[n] if k[n] > 0 else 0)
+    return out
 
 
 def fanin_density(table: LayerTable, k: Mapping[str, int]) -> dict[str, float]:
@@ -118,7 +137,7 @@ def install_constant_fanin(method: SparsityMethod, model: nn.Module,
     """Give ``method`` a MaskManager with random constant fan-in masks; returns k per layer."""
     method.ctx = ctx
     method.masks = MaskManager(model, ctx.sparse)
-    k = fanin_plan(ctx.table, ctx.sparse, ctx.s, ctx.distribution, ctx.extra_dense)
+    k = fanin_plan(ctx.table, ctx.sparse, ctx.s, ctx.distribution, ctx.extra_dense, trim=ctx.trim)
     method.masks.set_masks({
         i: constant_fanin_mask(p.shape, k[n], method.rng(-1, i), p.device)
         for i, (n, p) in enumerate(zip(method.masks.names, method.masks.params))})

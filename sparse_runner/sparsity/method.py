@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..data.base import generator
 from ..flops import LayerTable
 from ..registry import Registry
-from .distributions import layer_nnz
+from .distributions import flop_rounding, layer_nnz
 from .masks import MaskManager
 from .options import MethodOptions, parse_options
 
@@ -48,17 +48,30 @@ class SetupContext:
     batches: Batches | None = None    # fresh iterator over training batches (pruning at init)
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # FLOP-aware rounding of the Iso-FLOP search: extra steps per layer (nonzeros, or fan-in
+    # for constant fan-in methods) on top of what the distribution gives at ``s``
+    trim: Mapping[str, int] = field(default_factory=dict)
+
+    def nnz(self) -> dict[str, int]:
+        """Nonzeros per sparse layer this run trains with (distribution at ``s``, then trim)."""
+        return planned_nnz(self.table, self.sparse, self.s, self.distribution, self.extra_dense,
+                           self.trim)
 
 
 def planned_nnz(table: LayerTable, sparse: list[str], s: float,
-                distribution: Mapping[str, Any], extra_dense: int = 0) -> dict[str, int]:
-    """Exact nonzeros per sparse layer that the configured distribution assigns at sparsity s."""
+                distribution: Mapping[str, Any], extra_dense: int = 0,
+                trim: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Exact nonzeros per sparse layer that the configured distribution assigns at sparsity s,
+    plus the Iso-FLOP search's FLOP-aware ``trim`` (extra nonzeros per layer)."""
     shapes = {n: table[n].shape for n in sparse}
-    return layer_nnz(
+    nnz = layer_nnz(
         str(distribution.get("name", "uniform")), shapes, s,
         power_scale=float(distribution.get("power_scale", 1.0)),
         overrides=dict(distribution.get("overrides") or {}), extra_dense=extra_dense,
     )
+    for n, extra in (trim or {}).items():
+        nnz[n] = min(table[n].numel, max(0, nnz[n] + int(extra)))
+    return nnz
 
 
 class SparsityMethod:
@@ -95,6 +108,22 @@ class SparsityMethod:
         """Forward FLOPs per sample averaged over training (what the Iso-FLOP search matches)."""
         return table.sparse_fwd(self.planned_density(table, sparse, s, distribution, extra_dense))
 
+    def rounding_steps(self, table: LayerTable, sparse: list[str], s: float,
+                       distribution: Mapping[str, Any], extra_dense: int = 0
+                       ) -> dict[str, tuple[float, int]]:
+        """Per sparse layer, (FLOPs one more step adds to ``mean_fwd_flops``, steps that still
+        fit) at sparsity s: what the search's FLOP-aware rounding (:func:`flop_rounding`) may
+        add, applied through ``SetupContext.trim``. A step is one nonzero here. A method that
+        overrides ``planned_density`` or ``mean_fwd_flops`` gets {} (no trim: the search keeps
+        the bisection's s) unless it overrides this too, since its FLOPs need not be linear in
+        its final counts (schedules, ramps, global rankings)."""
+        base = SparsityMethod
+        if (type(self).planned_density is not base.planned_density
+                or type(self).mean_fwd_flops is not base.mean_fwd_flops):
+            return {}
+        nnz = planned_nnz(table, sparse, s, distribution, extra_dense)
+        return nonzero_steps(table, sparse, nnz)
+
     # ---- lifecycle ---------------------------------------------------------------------------
     def prepare(self, model: nn.Module, ctx: SetupContext) -> None:
         """Before the Iso-FLOP search (``ctx.s`` is the requested s): data-dependent methods
@@ -104,7 +133,7 @@ class SparsityMethod:
         """Create masks before training. Default: random exact-count masks per the distribution."""
         self.ctx = ctx
         self.masks = MaskManager(model, ctx.sparse)
-        nnz = planned_nnz(ctx.table, ctx.sparse, ctx.s, ctx.distribution, ctx.extra_dense)
+        nnz = ctx.nnz()
         self.masks.set_masks({i: random_mask(p.shape, nnz[n], self.rng(-1, i), p.device)
                               for i, (n, p) in enumerate(zip(self.masks.names, self.masks.params))})
 
@@ -159,6 +188,24 @@ class SparsityMethod:
         """Stateless generator seeded by (seed, step, layer): identical on every rank and resume."""
         seed = self.ctx.seed if self.ctx is not None else 0
         return generator(seed, 0x5EED, step, layer)
+
+
+def nonzero_steps(table: LayerTable, sparse: list[str], nnz: Mapping[str, int]
+                  ) -> dict[str, tuple[float, int]]:
+    """``rounding_steps`` for one nonzero per step: its FLOPs, and the zeros left per layer."""
+    return {n: (table[n].fwd_flops / table[n].numel, table[n].numel - nnz[n]) for n in sparse}
+
+
+def rounding_refine(method: "SparsityMethod", table: LayerTable, sparse: list[str],
+                    distribution: Mapping[str, Any], extra_dense: int = 0
+                    ) -> Callable[[float, float], tuple[dict[str, int], float]]:
+    """The Iso-FLOP search's ``refine``: at sparsity s with ``gap`` FLOPs missing, the method's
+    FLOP-aware trim (:func:`flop_rounding` over its ``rounding_steps``) and the FLOPs it adds."""
+    def refine(s: float, gap: float) -> tuple[dict[str, int], float]:
+        steps = method.rounding_steps(table, sparse, s, distribution, extra_dense)
+        trim = flop_rounding(steps, gap)
+        return trim, sum(steps[n][0] * k for n, k in trim.items())
+    return refine
 
 
 def random_mask(shape: torch.Size, nnz: int, gen: torch.Generator,

@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..flops import LayerTable
 from .distributions import keep_budget
 from .masks import MaskManager
-from .method import SetupContext, SparsityMethod, planned_nnz
+from .method import SetupContext, SparsityMethod, nonzero_steps, planned_nnz
 from .options import MethodOptions, check_choice
 from .topk import GlobalRanking, top_per_layer
 
@@ -152,7 +152,7 @@ class PruneAtInit(SparsityMethod):
             k = keep_budget(ctx.table, ctx.sparse, ctx.s, ctx.extra_dense)
             new = self.ranking.masks(k, shapes)
         else:
-            nnz = planned_nnz(ctx.table, ctx.sparse, ctx.s, ctx.distribution, ctx.extra_dense)
+            nnz = ctx.nnz()
             new = top_per_layer(self.keys, [nnz[n] for n in ctx.sparse], self.major)
         self.masks.set_masks({i: m.to(p.device) for i, (m, p) in
                               enumerate(zip(new, self.masks.params))})
@@ -169,3 +169,13 @@ class PruneAtInit(SparsityMethod):
             return super().planned_density(table, sparse, s, distribution, extra_dense)
         counts = self.ranking.counts(keep_budget(table, sparse, s, extra_dense))
         return {n: c / table[n].numel for n, c in zip(sparse, counts)}
+
+    def rounding_steps(self, table: LayerTable, sparse: list[str], s: float,
+                       distribution: Mapping[str, Any], extra_dense: int = 0
+                       ) -> dict[str, tuple[float, int]]:
+        """One nonzero per step for per-layer counts; none for a global ranking (its scores,
+        not a distribution, decide which layer the next weight goes to)."""
+        if self.ranking is None or list(sparse) != self._names:
+            return nonzero_steps(table, sparse, planned_nnz(table, sparse, s, distribution,
+                                                            extra_dense))
+        return {}
