@@ -41,7 +41,38 @@ def _variants(dtype: torch.dtype) -> list[tuple[str, object, dict, dict]]:
     sd = {"BLOCK_E": blocks.entries, "BLOCK_B": blocks.batch, "ACC": acc, "CHECK": False}
     return [("forward", tk._spmm_kernel, spmm_sig, fwd),
             ("backward_input", tk._spmm_kernel, spmm_sig, bwd),
-            ("backward_weight", tk._sddmm_kernel, sd_sig, sd)]
+            ("backward_weight", tk._sddmm_kernel, sd_sig, sd), *_sconv_variants(dtype)]
+
+
+def _ints(names: str) -> dict[str, str]:
+    """i32: what Triton's JIT passes for ints below 2**31 (sizes, strides of real layers)."""
+    return {n: "i32" for n in names.split()}
+
+
+def _sconv_variants(dtype: torch.dtype) -> list[tuple[str, object, dict, dict]]:
+    """The direct sparse convolutions (triton_sconv.py), signatures as their launchers pass."""
+    from . import triton_sconv as ts
+
+    t, blocks = DTYPES[dtype], ts.DEFAULT_BLOCKS
+    acc_t = "fp64" if dtype == torch.float64 else "fp32"
+    geom = "kw taps sh sw ph pw"
+    tiles = {"BLOCK_R": blocks.rows, "BLOCK_P": blocks.batch, "BLOCK_K": blocks.k,
+             "ACC": ts.tk._acc(dtype), "CHECK": False}
+    fwd = {"err": "*i32", "idx": "*i32", "vals": f"*{t}", "x": f"*{t}", "out": f"*{t}",
+           **_ints(f"n_out kk C H W Ho Wo n_pos {geom} sxn sxc sxh sxw son soc soh sow "
+                   "x_numel out_numel")}
+    dx = {"err": "*i32", "ptr": "*i32", "cols": "*i32", "pos": "*i32", "vals": f"*{t}",
+          "dy": f"*{t}", "dx": f"*{t}",
+          **_ints(f"n_rows n_out nnz C H W Ho Wo Hq Wq n_pos {geom} sgn sgc sgh sgw "
+                  "sxn sxc sxh sxw dy_numel dx_numel")}
+    dw = {"err": "*i32", "idx": "*i32", "dy": f"*{t}", "x": f"*{t}", "part": f"*{acc_t}",
+          **_ints(f"nnz kk C H W Ho Wo n_pos chunk {geom} sgn sgc sgh sgw sxn sxc sxh sxw "
+                  "dy_numel x_numel")}
+    dw_const = {"BLOCK_E": blocks.entries, "BLOCK_P": blocks.batch, "ACC": tiles["ACC"],
+                "CHECK": False}
+    return [("sconv_forward", ts._fwd_kernel, fwd, tiles),
+            ("sconv_backward_input", ts._dx_kernel, dx, tiles),
+            ("sconv_backward_weight", ts._dw_kernel, dw, dw_const)]
 
 
 def compile_kernel(fn: object, signature: dict, constexprs: dict, arch: int) -> dict:

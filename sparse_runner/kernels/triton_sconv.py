@@ -39,14 +39,15 @@ ERRORS = {11: "sconv read x out of bounds", 12: "sconv wrote out of bounds",
 def _decode_pos(q, hw, w):
     """Flat position q -> (sample, row, column) of an [n, h, w] grid with hw = h * w."""
     n = q // hw
-    rem = q - n * hw
+    rem = (q - n * hw).to(tl.int32)
     r = rem // w
     return n, r, rem - r * w
 
 
 @triton.jit
 def _decode_tap(col, taps, kw):
-    """Column c*kh*kw + i*kw + j -> (c, i, j)."""
+    """Column c*kh*kw + i*kw + j -> (c, i, j), int32 (indices are int32)."""
+    col = col.to(tl.int32)
     c = col // taps
     t = col - c * taps
     i = t // kw
@@ -65,23 +66,26 @@ def _fwd_kernel(err, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
     r_ok = r < n_out
     q_ok = q < n_pos
     n, ho, wo = _decode_pos(q, Ho * Wo, Wo)
-    h0 = (ho * sh - ph)[:, None, None]
-    w0 = (wo * sw - pw)[:, None, None]
-    base = (n * sxn)[:, None, None]
+    h0 = ho * sh - ph
+    w0 = wo * sw - pw
+    base = (n * sxn + (h0 * sxh + w0 * sxw).to(tl.int64))[:, None, None]
+    h0 = h0[:, None, None]
+    w0 = w0[:, None, None]
     acc = tl.zeros([BLOCK_P, BLOCK_R], dtype=ACC)
     for t0 in range(0, kk, BLOCK_K):
         t = t0 + tl.arange(0, BLOCK_K).to(tl.int64)
         e = r[:, None] * kk + t[None, :]                             # [R, K] ELL slots
         live = r_ok[:, None] & (t[None, :] < kk)
-        col = tl.load(idx + e, mask=live, other=-1).to(tl.int64)
+        col = tl.load(idx + e, mask=live, other=-1)
         live = live & (col >= 0) & (col < C * taps)                 # padded slots skipped
         c, i, j = _decode_tap(tl.where(live, col, 0), taps, kw)
         v = tl.load(vals + e, mask=live, other=0.0).to(ACC)
+        tap = (c.to(tl.int64) * sxc + (i * sxh + j * sxw).to(tl.int64))[None, :, :]
         hi = h0 + i[None, :, :]                                      # [P, R, K]
         wi = w0 + j[None, :, :]
         m = (q_ok[:, None, None] & live[None, :, :] & (hi >= 0) & (hi < H)
              & (wi >= 0) & (wi < W))
-        off = base + c[None, :, :] * sxc + hi * sxh + wi * sxw
+        off = base + tap
         if CHECK:
             tk._flag(err, m & ((off < 0) | (off >= x_numel)), 11)
             m = m & (off >= 0) & (off < x_numel)
@@ -107,8 +111,9 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
     q = (pid // n_rt) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)  # phase-grid positions
     r_ok = r < n_rows
     c = r // (sh * sw)
-    a = (r - c * (sh * sw)) // sw
-    b = r - c * (sh * sw) - a * sw
+    ph_id = (r - c * (sh * sw)).to(tl.int32)
+    a = ph_id // sw
+    b = ph_id - a * sw
     n, hq, wq = _decode_pos(q, Hq * Wq, Wq)
     h = a[None, :] + sh * hq[:, None]                                # [P, R] input pixels
     w = b[None, :] + sw * wq[:, None]
@@ -126,7 +131,7 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
         if CHECK:
             tk._flag(err, live & ((p < 0) | (p >= nnz)), 14)
             live = live & (p >= 0) & (p < nnz)
-        code = tl.load(cols + p, mask=live, other=-1).to(tl.int64)  # o * taps + tap
+        code = tl.load(cols + p, mask=live, other=-1)               # o * taps + tap
         live = live & (code >= 0) & (code < n_out * taps)
         vp = tl.load(pos + p, mask=live, other=0).to(tl.int64)
         live = live & (vp >= 0) & (vp < nnz)
@@ -138,13 +143,13 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
         wo = nw // sw
         m = (ok[:, :, None] & live[None, :, :] & (nh >= 0) & (nw >= 0) & (ho < Ho)
              & (wo < Wo))
-        off = base + o[None, :, :] * sgc + ho * sgh + wo * sgw
+        off = base + (o.to(tl.int64) * sgc)[None, :, :] + (ho * sgh + wo * sgw).to(tl.int64)
         if CHECK:
             tk._flag(err, m & ((off < 0) | (off >= dy_numel)), 13)
             m = m & (off >= 0) & (off < dy_numel)
         g = tl.load(dy + off, mask=m, other=0.0).to(ACC)
         acc += tl.sum(g * v[None, :, :], axis=2)
-    o2 = n[:, None] * sxn + c[None, :] * sxc + h * sxh + w * sxw
+    o2 = (n * sxn)[:, None] + (c * sxc)[None, :] + (h * sxh + w * sxw).to(tl.int64)
     if CHECK:
         tk._flag(err, ok & ((o2 < 0) | (o2 >= dx_numel)), 12)
         ok = ok & (o2 >= 0) & (o2 < dx_numel)
@@ -162,7 +167,7 @@ def _dw_kernel(err, idx, dy, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos, chunk,
     e = (pid % n_et) * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
     e_ok = e < nnz
     o = e // kk
-    col = tl.load(idx + e, mask=e_ok, other=-1).to(tl.int64)
+    col = tl.load(idx + e, mask=e_ok, other=-1)
     live = e_ok & (col >= 0) & (col < C * taps)
     c, i, j = _decode_tap(tl.where(live, col, 0), taps, kw)
     q_lo = split * chunk
@@ -175,8 +180,9 @@ def _dw_kernel(err, idx, dy, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos, chunk,
         wi = (wo * sw - pw)[:, None] + j[None, :]
         m = ((q < q_hi)[:, None] & live[None, :] & (hi >= 0) & (hi < H) & (wi >= 0)
              & (wi < W))
-        od = (n * sgn + ho * sgh + wo * sgw)[:, None] + (o * sgc)[None, :]
-        ox = (n * sxn)[:, None] + (c * sxc)[None, :] + hi * sxh + wi * sxw
+        od = (n * sgn + (ho * sgh + wo * sgw).to(tl.int64))[:, None] + (o * sgc)[None, :]
+        ox = (n * sxn)[:, None] + (c.to(tl.int64) * sxc)[None, :] + (
+            hi * sxh + wi * sxw).to(tl.int64)
         if CHECK:
             tk._flag(err, m & ((od < 0) | (od >= dy_numel)), 13)
             tk._flag(err, m & ((ox < 0) | (ox >= x_numel)), 11)
