@@ -29,7 +29,12 @@ from .gpu_grid import Blocks, cdiv, sddmm_split, spmm_grid
 
 triton, tl = tk.triton, tk.tl
 INTERPRETED = tk.INTERPRETED
-DEFAULT_BLOCKS = tk.DEFAULT_BLOCKS
+# One entry per step and 8 warps: [32 channels, 1, 32 positions] tiles, 4 elements a thread.
+# ptxas -v on sm_90 (fp32): forward 70 registers, dx 116, dW 105, no spills; 2 entries a
+# step with 4 warps needed 248 / 255 + spills (every thread repeats the per-entry decode
+# of the entries it covers, as the positions run across the warp for coalesced gathers).
+DEFAULT_BLOCKS = Blocks(rows=32, batch=32, k=1, entries=64)
+NUM_WARPS = 8
 
 ERRORS = {11: "sconv read x out of bounds", 12: "sconv wrote out of bounds",
           13: "sconv read dy out of bounds", 14: "sconv read an index entry out of bounds"}
@@ -68,10 +73,10 @@ def _fwd_kernel(err, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
     n, ho, wo = _decode_pos(q, Ho * Wo, Wo)
     h0 = ho * sh - ph
     w0 = wo * sw - pw
-    base = (n * sxn + (h0 * sxh + w0 * sxw).to(tl.int64))[:, None, None]
-    h0 = h0[:, None, None]
-    w0 = w0[:, None, None]
-    acc = tl.zeros([BLOCK_P, BLOCK_R], dtype=ACC)
+    base = (n * sxn + (h0 * sxh + w0 * sxw).to(tl.int64))[None, None, :]
+    h0 = h0[None, None, :]
+    w0 = w0[None, None, :]
+    acc = tl.zeros([BLOCK_R, BLOCK_P], dtype=ACC)
     for t0 in range(0, kk, BLOCK_K):
         t = t0 + tl.arange(0, BLOCK_K).to(tl.int64)
         e = r[:, None] * kk + t[None, :]                             # [R, K] ELL slots
@@ -80,19 +85,19 @@ def _fwd_kernel(err, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
         live = live & (col >= 0) & (col < C * taps)                 # padded slots skipped
         c, i, j = _decode_tap(tl.where(live, col, 0), taps, kw)
         v = tl.load(vals + e, mask=live, other=0.0).to(ACC)
-        tap = (c.to(tl.int64) * sxc + (i * sxh + j * sxw).to(tl.int64))[None, :, :]
-        hi = h0 + i[None, :, :]                                      # [P, R, K]
-        wi = w0 + j[None, :, :]
-        m = (q_ok[:, None, None] & live[None, :, :] & (hi >= 0) & (hi < H)
+        tap = (c.to(tl.int64) * sxc + (i * sxh + j * sxw).to(tl.int64))[:, :, None]
+        hi = h0 + i[:, :, None]                                      # [R, K, P]: positions
+        wi = w0 + j[:, :, None]                                      # last (coalesced)
+        m = (live[:, :, None] & q_ok[None, None, :] & (hi >= 0) & (hi < H)
              & (wi >= 0) & (wi < W))
         off = base + tap
         if CHECK:
             tk._flag(err, m & ((off < 0) | (off >= x_numel)), 11)
             m = m & (off >= 0) & (off < x_numel)
         xg = tl.load(x + off, mask=m, other=0.0).to(ACC)
-        acc += tl.sum(xg * v[None, :, :], axis=2)
-    o = (n * son + ho * soh + wo * sow)[:, None] + r[None, :] * soc
-    m2 = q_ok[:, None] & r_ok[None, :]
+        acc += tl.sum(xg * v[:, :, None], axis=1)
+    o = r[:, None] * soc + (n * son + (ho * soh + wo * sow).to(tl.int64))[None, :]
+    m2 = r_ok[:, None] & q_ok[None, :]
     if CHECK:
         tk._flag(err, m2 & ((o < 0) | (o >= out_numel)), 12)
         m2 = m2 & (o >= 0) & (o < out_numel)
@@ -115,15 +120,15 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
     a = ph_id // sw
     b = ph_id - a * sw
     n, hq, wq = _decode_pos(q, Hq * Wq, Wq)
-    h = a[None, :] + sh * hq[:, None]                                # [P, R] input pixels
-    w = b[None, :] + sw * wq[:, None]
-    ok = (q < n_pos)[:, None] & r_ok[None, :] & (h < H) & (w < W)
+    q_ok = (q < n_pos)[None, None, :]
     beg = tl.load(ptr + r, mask=r_ok, other=0).to(tl.int64)
     end = tl.load(ptr + r + 1, mask=r_ok, other=0).to(tl.int64)
     beg = tl.minimum(tl.maximum(beg, 0), nnz)
     length = tl.minimum(tl.maximum(end, beg), nnz) - beg
-    base = (n * sgn)[:, None, None]
-    acc = tl.zeros([BLOCK_P, BLOCK_R], dtype=ACC)
+    base = (n * sgn + (hq * sgh + wq * sgw).to(tl.int64))[None, None, :]
+    hq3 = hq[None, None, :]
+    wq3 = wq[None, None, :]
+    acc = tl.zeros([BLOCK_R, BLOCK_P], dtype=ACC)
     for t0 in range(0, tl.max(length, axis=0), BLOCK_K):
         t = t0 + tl.arange(0, BLOCK_K).to(tl.int64)
         p = beg[:, None] + t[None, :]                                # [R, K]
@@ -137,19 +142,24 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
         live = live & (vp >= 0) & (vp < nnz)
         v = tl.load(vals + vp, mask=live, other=0.0).to(ACC)
         o, i, j = _decode_tap(tl.where(live, code, 0), taps, kw)
-        nh = h[:, :, None] + ph - i[None, :, :]                      # [P, R, K], = sh * ho
-        nw = w[:, :, None] + pw - j[None, :, :]
-        ho = nh // sh
-        wo = nw // sw
-        m = (ok[:, :, None] & live[None, :, :] & (nh >= 0) & (nw >= 0) & (ho < Ho)
-             & (wo < Wo))
-        off = base + (o.to(tl.int64) * sgc)[None, :, :] + (ho * sgh + wo * sgw).to(tl.int64)
+        # ho = (h + ph - i) / sh = hq + (a + ph - i) / sh: exact (the phase matches the tap),
+        # so the shift is per entry and floor and truncating division agree
+        dh = (a[:, None] + ph - i) // sh                             # [R, K]
+        dw = (b[:, None] + pw - j) // sw
+        ho = hq3 + dh[:, :, None]                                    # [R, K, P]
+        wo = wq3 + dw[:, :, None]
+        m = (q_ok & live[:, :, None] & (ho >= 0) & (ho < Ho) & (wo >= 0)
+             & (wo < Wo))  # pixels past H or W read valid dy and are not stored
+        off = base + (o.to(tl.int64) * sgc + (dh * sgh + dw * sgw).to(tl.int64))[:, :, None]
         if CHECK:
             tk._flag(err, m & ((off < 0) | (off >= dy_numel)), 13)
             m = m & (off >= 0) & (off < dy_numel)
         g = tl.load(dy + off, mask=m, other=0.0).to(ACC)
-        acc += tl.sum(g * v[None, :, :], axis=2)
-    o2 = (n * sxn)[:, None] + (c * sxc)[None, :] + (h * sxh + w * sxw).to(tl.int64)
+        acc += tl.sum(g * v[:, :, None], axis=1)
+    h = a[:, None] + sh * hq[None, :]                                # [R, P] input pixels
+    w = b[:, None] + sw * wq[None, :]
+    ok = r_ok[:, None] & (q < n_pos)[None, :] & (h < H) & (w < W)
+    o2 = (c * sxc)[:, None] + (n * sxn)[None, :] + (h * sxh + w * sxw).to(tl.int64)
     if CHECK:
         tk._flag(err, ok & ((o2 < 0) | (o2 >= dx_numel)), 12)
         ok = ok & (o2 >= 0) & (o2 < dx_numel)
@@ -176,12 +186,12 @@ def _dw_kernel(err, idx, dy, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos, chunk,
     for q0 in range(q_lo, q_hi, BLOCK_P):
         q = q0 + tl.arange(0, BLOCK_P).to(tl.int64)
         n, ho, wo = _decode_pos(q, Ho * Wo, Wo)
-        hi = (ho * sh - ph)[:, None] + i[None, :]                    # [P, E]
-        wi = (wo * sw - pw)[:, None] + j[None, :]
-        m = ((q < q_hi)[:, None] & live[None, :] & (hi >= 0) & (hi < H) & (wi >= 0)
+        hi = i[:, None] + (ho * sh - ph)[None, :]                    # [E, P]: positions last
+        wi = j[:, None] + (wo * sw - pw)[None, :]
+        m = (live[:, None] & (q < q_hi)[None, :] & (hi >= 0) & (hi < H) & (wi >= 0)
              & (wi < W))
-        od = (n * sgn + (ho * sgh + wo * sgw).to(tl.int64))[:, None] + (o * sgc)[None, :]
-        ox = (n * sxn)[:, None] + (c.to(tl.int64) * sxc)[None, :] + (
+        od = (o * sgc)[:, None] + (n * sgn + (ho * sgh + wo * sgw).to(tl.int64))[None, :]
+        ox = (c.to(tl.int64) * sxc)[:, None] + (n * sxn)[None, :] + (
             hi * sxh + wi * sxw).to(tl.int64)
         if CHECK:
             tk._flag(err, m & ((od < 0) | (od >= dy_numel)), 13)
@@ -189,7 +199,7 @@ def _dw_kernel(err, idx, dy, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos, chunk,
             m = m & (od >= 0) & (od < dy_numel) & (ox >= 0) & (ox < x_numel)
         d = tl.load(dy + od, mask=m, other=0.0).to(ACC)
         xv = tl.load(x + ox, mask=m, other=0.0).to(ACC)
-        acc += tl.sum(d * xv, axis=0)
+        acc += tl.sum(d * xv, axis=1)
     tl.store(part + split * nnz + e, acc, mask=e_ok)
 
 
@@ -234,7 +244,8 @@ def forward(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor, kernel: 
         sxw=x.stride(3), son=out.stride(0), soc=out.stride(1), soh=out.stride(2),
         sow=out.stride(3), x_numel=tk._extent(x), out_numel=tk._extent(out),
         BLOCK_R=blocks.rows, BLOCK_P=blocks.batch, BLOCK_K=blocks.k, ACC=tk._acc(x.dtype),
-        CHECK=check)
+        CHECK=check,
+        num_warps=NUM_WARPS)
     tk._raise_if_flagged(err, ERRORS)
     return out
 
@@ -286,7 +297,8 @@ def backward_input(grad: torch.Tensor, values: torch.Tensor,
         sgc=grad.stride(1), sgh=grad.stride(2), sgw=grad.stride(3), sxn=out.stride(0),
         sxc=out.stride(1), sxh=out.stride(2), sxw=out.stride(3), dy_numel=tk._extent(grad),
         dx_numel=tk._extent(out), BLOCK_R=blocks.rows, BLOCK_P=blocks.batch,
-        BLOCK_K=blocks.k, ACC=tk._acc(grad.dtype), CHECK=check)
+        BLOCK_K=blocks.k, ACC=tk._acc(grad.dtype), CHECK=check,
+        num_warps=NUM_WARPS)
     tk._raise_if_flagged(err, ERRORS)
     return out
 
@@ -314,6 +326,7 @@ def backward_weight(grad: torch.Tensor, x: torch.Tensor, index: torch.Tensor, ke
         sgc=grad.stride(1), sgh=grad.stride(2), sgw=grad.stride(3), sxn=x.stride(0),
         sxc=x.stride(1), sxh=x.stride(2), sxw=x.stride(3), dy_numel=tk._extent(grad),
         x_numel=tk._extent(x), BLOCK_E=blocks.entries, BLOCK_P=blocks.batch,
-        ACC=tk._acc(x.dtype), CHECK=check)
+        ACC=tk._acc(x.dtype), CHECK=check,
+        num_warps=NUM_WARPS)
     tk._raise_if_flagged(err, ERRORS)
     return part.sum(0).view(n_out, kk).to(x.dtype)
