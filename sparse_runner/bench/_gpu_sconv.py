@@ -56,8 +56,8 @@ def _label(case: tuple) -> str:
     return f"b{nb} {c}->{o} {h}x{w} k{k[0]}x{k[1]} s{s[0]} p{p[0]}{p[1]}"
 
 
-def op_checks(case: tuple, dname: str, density: float = 0.35, device: str = "cuda"
-              ) -> Iterator[Check]:
+def op_checks(case: tuple, dname: str, density: float = 0.35, device: str = "cuda",
+              stage: str = "sconv") -> Iterator[Check]:
     """Forward, dx and dW of ``case`` on ``device`` against the float64 reference (CPU)."""
     from ..kernels import sconv_ops as so
 
@@ -80,7 +80,8 @@ def op_checks(case: tuple, dname: str, density: float = 0.35, device: str = "cud
     for name, (got, want, terms) in runs.items():
         ok, err = compare(got, want, dtype, terms)
         pad_ok = name != "dW" or bool((got[idx < 0] == 0).all())
-        yield Check("sconv", f"{name} {dname} {_label(case)}", "ok" if ok and pad_ok else "fail",
+        yield Check(stage, f"sconv {name} {dname} {_label(case)}",
+                    "ok" if ok and pad_ok else "fail",
                     err, detail="max abs error vs float64" + ("" if pad_ok else
                                                               "; padded slot got a gradient"))
 
@@ -162,7 +163,11 @@ def sconv(args: argparse.Namespace) -> Iterator[Check]:
     """Correctness (small shapes under --small), then the Sparse Wide layer timings."""
     from ..kernels import build as kbuild
 
-    kbuild.ensure("cuda")
+    status = kbuild.ensure("cuda")
+    names = ("sconv_forward", "sconv_backward_input", "sconv_backward_weight")
+    installed = all(torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_run::{n}", "CUDA")
+                    for n in names)  # else the checks below would test the dense reference
+    yield Check("sconv", "triton kernels registered", "ok" if installed else "fail", status)
     for dname in ("fp32", "bf16") if args.small else DTYPES:
         for case in SMALL:
             yield from op_checks(case, dname)
