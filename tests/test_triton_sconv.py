@@ -222,3 +222,20 @@ def test_cuda_registration_computes_the_operators_and_installs_them():
     gpu_sconv.register_cuda(sconv_ops._LIB)
     for name in impl:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_run::{name}", "CUDA")
+
+
+def test_the_transpose_is_cached_per_index_tensor_and_version():
+    """Built once per mask (not per call); an in-place index change or a new tensor rebuilds."""
+    from sparse_runner.kernels import gpu_sconv
+
+    idx, *_ = problem(CASES[3], torch.float32)
+    geom = CASES[3][5:]
+    first = gpu_sconv.transpose_for(idx, 5, *geom)
+    assert gpu_sconv.transpose_for(idx, 5, *geom) is first
+    assert gpu_sconv.transpose_for(idx, 5, (3, 3), (1, 1), (1, 1)) is not first  # geometry
+    idx[1, 0] = -1  # an in-place mask update bumps the version counter
+    rebuilt = gpu_sconv.transpose_for(idx, 5, *geom)
+    want = ts.transpose_index(idx, 5, *geom)
+    assert rebuilt is not first and all(torch.equal(a, b) for a, b in zip(rebuilt, want))
+    copy = idx.clone()
+    assert gpu_sconv.transpose_for(copy, 5, *geom) is not rebuilt

@@ -1,15 +1,18 @@
-"""The sparse-convolution Triton kernels as operators, registered as ``sparse_run::sconv_*`` on CUDA.
+"""The sparse-convolution Triton kernels as operators, and their registration on CUDA.
 
 As gpu.py for the Linear kernels: ``sparse_run_triton::sconv_*`` are ``triton_op`` on a GPU
 (torch.compile sees into the kernels) and ``custom_op`` under Triton's interpreter (how the
 tests run them on a CPU). :func:`register_cuda` installs them as the CUDA kernels of the
 ``sparse_run::sconv_*`` operators, whose schemas, fake kernels and autograd live in
 sconv_ops.py; the reference (dense conv on the scattered weight) stays the
-CompositeExplicitAutograd kernel every other device runs. The gradient to the input builds
-the (channel, stride phase) transpose of the index on each call (one sort of O*K entries on
-the device, no host sync): the operator's schema carries no cached transpose.
+CompositeExplicitAutograd kernel every other device runs. The gradient to the input needs
+the (channel, stride phase) transpose of the index (one sort of O*K entries on the device, no
+host sync); the operator's schema carries none, so :func:`transpose_for` keeps the last ones
+per index tensor, valid while that tensor is alive and unmodified (its version counter).
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -65,9 +68,36 @@ def _sconv_forward(x, values, index, kernel, stride, padding):
 def _sconv_backward_input(grad, values, index, in_size, kernel, stride, padding):
     sconv_ops._check("sconv_backward_input", index, values, grad, "grad_out")
     size = [int(s) for s in in_size]
-    ptr, code, pos = ts.transpose_index(index, size[0], kernel, stride, padding)
+    ptr, code, pos = transpose_for(index, size[0], kernel, stride, padding)
     return backward_input(grad, values, ptr, code, pos, size, list(kernel), list(stride),
                           list(padding))
+
+
+_CACHE: dict[int, tuple] = {}
+CACHE_SIZE = 64
+
+
+def transpose_for(index: torch.Tensor, in_channels: int, kernel, stride, padding
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ts.transpose_index``, built once per (index tensor, version, geometry).
+
+    The entry is keyed on the tensor's identity (a weak reference: a freed index never
+    matches a new one at the same address) and its version counter (an in-place mask
+    update rebuilds it); under torch.compile tracing nothing is cached.
+    """
+    geom = (in_channels, tuple(kernel), tuple(stride), tuple(padding))
+    if torch.compiler.is_compiling() or index.is_inference():  # (no version counter)
+        return ts.transpose_index(index, in_channels, kernel, stride, padding)
+    hit = _CACHE.get(id(index))
+    if hit is not None and hit[0]() is index and hit[1] == index._version and hit[2] == geom:
+        return hit[3]
+    t = ts.transpose_index(index, in_channels, kernel, stride, padding)
+    for key in [k for k, v in _CACHE.items() if v[0]() is None]:
+        del _CACHE[key]
+    if len(_CACHE) >= CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[id(index)] = (weakref.ref(index), index._version, geom, t)
+    return t
 
 
 def _sconv_backward_weight(grad, x, index, kernel, stride, padding):
