@@ -6,8 +6,9 @@ one line per check as it finishes and writes ``DIR/stage_<stage>.json``; ``table
 stage files into ``DIR/results.json`` (device, versions, date, every check) and prints the
 final table (``record`` adds the rows the script knows of: timeouts, sanitizer errors).
 Stages: env, build, correct, kernels, sconv, train, sync (see their modules:
-_gpu_checks.py, _gpu_timing.py, _gpu_sconv.py, _gpu_train.py). ``correct --small`` is what the script runs
-under compute-sanitizer.
+_gpu_checks.py, _gpu_timing.py, _gpu_sconv.py, _gpu_train.py). ``correct --small`` (the
+Linear kernels' small shapes and four sparse-convolution ones) is what the script runs under
+compute-sanitizer.
 """
 from __future__ import annotations
 
