@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One prepared GPU validation + benchmark run (under 8 minutes on one GPU; see README, "GPU").
+# One prepared GPU validation + benchmark run (under 9 minutes on one GPU; see README, "GPU").
 #
 #   scripts/gpu_check.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_check_out)
 #
 # Stages, each in its own process under its own time limit, one line per check:
-#   env 15 s | build 70 s | correct 65 s | sanitizer 2 x 40 s | kernels 95 s | train 90 s |
-#   sync 45 s (7 min 40 s if every stage ran to its limit)
+#   env 15 s | build 70 s | correct 65 s | sanitizer 2 x 40 s | kernels 95 s | sconv 75 s |
+#   train 90 s | sync 45 s (8 min 55 s if every stage ran to its limit)
 # then a final table and OUT_DIR/results.json (device, versions, date, every check).
 # Needs torch with CUDA and triton. hydra-core, omegaconf, antlr4 and wandb are installed from
 # the wheels in .whl/ when that folder exists (into a private folder, nothing system-wide).
@@ -77,6 +77,7 @@ else
   record sanitizer_memcheck skip "" "compute-sanitizer is not on PATH"
 fi
 stage kernels 95
+stage sconv 75
 stage train 90
 stage sync 45
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparse_runner.bench import _gpu_checks, _gpu_timing, _gpu_train
+from sparse_runner.bench import _gpu_checks, _gpu_sconv, _gpu_timing, _gpu_train
 from sparse_runner.bench.gpu_check import Check, main, merge, record, run_stage, table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,11 +46,11 @@ def test_script_stages_record_failures_and_write_results(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {"date", "device", "environment", "counts", "stages"} <= set(results)
-    for stage in ("env", "build", "correct", "kernels", "train", "sync"):
+    for stage in ("env", "build", "correct", "kernels", "sconv", "train", "sync"):
         assert results["stages"][stage][-1]["status"] == "fail", stage
         assert f"[{stage}] stage: fail 3" in r.stdout
     assert results["stages"]["sanitizer_memcheck"][0]["status"] == "skip"
-    assert "totals: fail 6" in r.stdout
+    assert "totals: fail 7" in r.stdout
 
 
 def test_stage_without_cuda_says_so_in_one_line(tmp_path, capsys):
@@ -161,3 +161,21 @@ def test_sync_audit_wrapper_runs_the_cli_in_process(tmp_path):
                         "model.base_width=8"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(rec.read_text()) == [] and (tmp_path / "run" / "summary.json").exists()
+
+
+def test_sconv_stage_code_on_the_cpu_kernels():
+    """The sconv stage's checks and timed calls, pointed at the CPU operators."""
+    rows = [*_gpu_sconv.op_checks(_gpu_sconv.SMALL[3], "bf16", device="cpu"),
+            *_gpu_sconv.op_checks(_gpu_sconv.SMALL[-1], "fp64", device="cpu")]
+    assert len(rows) == 6 and all(r.status == "ok" for r in rows), [r.line() for r in rows]
+    case = (3, 6, 10, 9, 9, (3, 3), (2, 2), (1, 1))
+    sets = _gpu_sconv.make_sets(case, torch.float32, 0.3, device="cpu", l2_bytes=1 << 16)
+    assert len(sets) >= 2
+    x, g, w, m, v, i = sets[0]
+    out = {name: fn(*sets[0]) for name, fn in _gpu_sconv.calls(case).items()}
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # noqa: E731
+    for name in ("fwd", "dx"):
+        close(out[f"ours {name}"], out[f"dense {name}"])
+    close(out["masked fwd"], out["dense fwd"])
+    close(out["ours dW"], out["dense dW"].flatten(1).gather(1, i.clamp(min=0).long()) * (i >= 0))
+    assert len(_gpu_sconv.WIDE) == 10

@@ -68,7 +68,7 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills():
                                                           "CUDA_VISIBLE_DEVICES": ""}, 900)
     assert r.returncode == 0, r.stdout + r.stderr[-6000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("cuda: sm_")]
-    assert len(lines) == 2 * 4 * 3, r.stdout  # archs x dtypes x kernels
+    assert len(lines) == 2 * 4 * 6, r.stdout  # archs x dtypes x kernels (3 Linear, 3 conv)
     script = ("import torch\n"
               "from sparse_runner.kernels import triton_aot as a\n"
               "for dt in (torch.float32, torch.bfloat16):\n"
@@ -78,4 +78,4 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills():
     r = _run(["-c", script], {"TRITON_INTERPRET": "0"}, 600)
     assert r.returncode == 0, r.stderr[-4000:]
     rows = [ln.split() for ln in r.stdout.splitlines()]
-    assert len(rows) == 6 and all(int(row[-1]) == 0 for row in rows), r.stdout
+    assert len(rows) == 12 and all(int(row[-1]) == 0 for row in rows), r.stdout

@@ -162,7 +162,11 @@ def correct(args: argparse.Namespace) -> Iterator[Check]:
     for dtype_name in (("fp32", "bf16") if args.small else DTYPES):
         for shape in shapes:
             yield from kernel_checks(shape, dtype_name)
-    if args.small:
+    if args.small:  # under compute-sanitizer: the sparse convolutions too (fp32, 4 shapes)
+        from . import _gpu_sconv
+
+        for case in _gpu_sconv.SMALL[1:5]:
+            yield from _gpu_sconv.op_checks(case, "fp32", stage="correct")
         return
     yield from kernel_checks(IM2COL, "fp32", ("forward", "backward_weight"))
     yield layer_check()

@@ -5,9 +5,10 @@ The shell script runs each stage in its own process under its own timeout; a sta
 one line per check as it finishes and writes ``DIR/stage_<stage>.json``; ``table`` merges the
 stage files into ``DIR/results.json`` (device, versions, date, every check) and prints the
 final table (``record`` adds the rows the script knows of: timeouts, sanitizer errors).
-Stages: env, build, correct, kernels, train, sync (see their modules:
-_gpu_checks.py, _gpu_timing.py, _gpu_train.py). ``correct --small`` is what the script runs
-under compute-sanitizer.
+Stages: env, build, correct, kernels, sconv, train, sync (see their modules:
+_gpu_checks.py, _gpu_timing.py, _gpu_sconv.py, _gpu_train.py). ``correct --small`` (the
+Linear kernels' small shapes and four sparse-convolution ones) is what the script runs under
+compute-sanitizer.
 """
 from __future__ import annotations
 
@@ -112,14 +113,15 @@ def table(results: dict[str, Any]) -> Iterator[str]:
 
 
 def _stages() -> dict[str, Callable[[argparse.Namespace], Iterable[Check]]]:
-    from . import _gpu_checks, _gpu_timing, _gpu_train
+    from . import _gpu_checks, _gpu_sconv, _gpu_timing, _gpu_train
 
     return {"env": _gpu_checks.env, "build": _gpu_checks.build, "correct": _gpu_checks.correct,
-            "kernels": _gpu_timing.kernels, "train": _gpu_train.train, "sync": _gpu_train.sync}
+            "kernels": _gpu_timing.kernels, "sconv": _gpu_sconv.sconv,
+            "train": _gpu_train.train, "sync": _gpu_train.sync}
 
 
 ORDER = ("env", "build", "correct", "sanitizer_memcheck", "sanitizer_racecheck", "kernels",
-         "train", "sync")
+         "sconv", "train", "sync")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stage_names() -> tuple[str, ...]:
-    return ("env", "build", "correct", "kernels", "train", "sync")
+    return ("env", "build", "correct", "kernels", "sconv", "train", "sync")
 
 
 if __name__ == "__main__":

@@ -75,11 +75,15 @@ _registered = False
 
 
 def register_cuda(lib: torch.library.Library) -> None:
-    """Make the Triton operators the CUDA kernels of ``lib`` (the sparse_run library)."""
+    """Make the Triton operators the CUDA kernels of ``lib`` (the sparse_run library), and
+    the sparse-convolution ones (gpu_sconv.py) those of ``sparse_run::sconv_*``."""
     global _registered
     if _registered:
         return
     for name, fn in (("cfi_forward", _cfi_forward), ("cfi_backward_input", _cfi_backward_input),
                      ("cfi_backward_weight", _cfi_backward_weight)):
         lib.impl(name, fn, "CUDA")
+    from . import gpu_sconv, sconv_ops  # the direct sparse convolutions (sparse_run::sconv_*)
+
+    gpu_sconv.register_cuda(sconv_ops._LIB)
     _registered = True

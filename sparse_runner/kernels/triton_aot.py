@@ -41,11 +41,43 @@ def _variants(dtype: torch.dtype) -> list[tuple[str, object, dict, dict]]:
     sd = {"BLOCK_E": blocks.entries, "BLOCK_B": blocks.batch, "ACC": acc, "CHECK": False}
     return [("forward", tk._spmm_kernel, spmm_sig, fwd),
             ("backward_input", tk._spmm_kernel, spmm_sig, bwd),
-            ("backward_weight", tk._sddmm_kernel, sd_sig, sd)]
+            ("backward_weight", tk._sddmm_kernel, sd_sig, sd), *_sconv_variants(dtype)]
+
+
+def _ints(names: str) -> dict[str, str]:
+    """i32: what Triton's JIT passes for ints below 2**31 (sizes, strides of real layers)."""
+    return {n: "i32" for n in names.split()}
+
+
+def _sconv_variants(dtype: torch.dtype) -> list[tuple[str, object, dict, dict]]:
+    """The direct sparse convolutions (triton_sconv.py), signatures as their launchers pass."""
+    from . import triton_sconv as ts
+
+    t, blocks = DTYPES[dtype], ts.DEFAULT_BLOCKS
+    acc_t = "fp64" if dtype == torch.float64 else "fp32"
+    geom = "kw taps sh sw ph pw"
+    tiles = {"BLOCK_R": blocks.rows, "BLOCK_P": blocks.batch, "BLOCK_K": blocks.k,
+             "ACC": ts.tk._acc(dtype), "CHECK": False, "num_warps": ts.NUM_WARPS}
+    fwd = {"err": "*i32", "idx": "*i32", "vals": f"*{t}", "x": f"*{t}", "out": f"*{t}",
+           **_ints(f"n_out kk C H W Ho Wo n_pos {geom} sxn sxc sxh sxw son soc soh sow "
+                   "x_numel out_numel")}
+    dx = {"err": "*i32", "ptr": "*i32", "cols": "*i32", "pos": "*i32", "vals": f"*{t}",
+          "dy": f"*{t}", "dx": f"*{t}",
+          **_ints(f"n_rows n_out nnz C H W Ho Wo Hq Wq n_pos {geom} sgn sgc sgh sgw "
+                  "sxn sxc sxh sxw dy_numel dx_numel")}
+    dw = {"err": "*i32", "idx": "*i32", "dy": f"*{t}", "x": f"*{t}", "part": f"*{acc_t}",
+          **_ints(f"nnz kk C H W Ho Wo n_pos chunk {geom} sgn sgc sgh sgw sxn sxc sxh sxw "
+                  "dy_numel x_numel")}
+    dw_const = {"BLOCK_E": blocks.entries, "BLOCK_P": blocks.batch, "ACC": tiles["ACC"],
+                "CHECK": False, "num_warps": ts.NUM_WARPS}
+    return [("sconv_forward", ts._fwd_kernel, fwd, tiles),
+            ("sconv_backward_input", ts._dx_kernel, dx, tiles),
+            ("sconv_backward_weight", ts._dw_kernel, dw, dw_const)]
 
 
 def compile_kernel(fn: object, signature: dict, constexprs: dict, arch: int) -> dict:
-    """Compile one kernel for ``sm_<arch>``; returns the sizes the compiler reports."""
+    """Compile one kernel for ``sm_<arch>``; returns the sizes the compiler reports.
+    ``constexprs`` may carry the launch's ``num_warps`` (a compile option, not a parameter)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -55,10 +87,12 @@ def compile_kernel(fn: object, signature: dict, constexprs: dict, arch: int) -> 
 
     if isinstance(fn, InterpretedFunction):  # TRITON_INTERPRET=1: compile the same source
         fn = JITFunction(fn.fn)
+    constexprs = dict(constexprs)
+    options = {"num_warps": constexprs.pop("num_warps")} if "num_warps" in constexprs else {}
     for name in constexprs:
         signature = {**signature, name: "constexpr"}
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32))
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     return {"cubin_bytes": len(kernel.asm["cubin"]), "shared": kernel.metadata.shared,
             "ptx": kernel.asm["ptx"]}
 

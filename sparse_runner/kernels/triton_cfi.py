@@ -142,10 +142,10 @@ def _error_flag(device: torch.device, check: bool) -> torch.Tensor:
     return torch.zeros(1 if check else 0, dtype=torch.int32, device=device)
 
 
-def _raise_if_flagged(err: torch.Tensor) -> None:
-    """Check mode only (reads the flag: a device sync)."""
+def _raise_if_flagged(err: torch.Tensor, errors: dict[int, str] | None = None) -> None:
+    """Check mode only (reads the flag: a device sync); ``errors`` names the codes."""
     if err.numel() and int(err[0]):
-        raise IndexError(f"sparse_run triton kernel: {_ERRORS[int(err[0])]}")
+        raise IndexError(f"sparse_run triton kernel: {(errors or _ERRORS)[int(err[0])]}")
 
 
 def _acc(dtype: torch.dtype) -> tl.dtype:
