@@ -11,8 +11,11 @@
 // 64 bytes innermost, stride phases, zero margins), runs the kernel with at::parallel_for
 // and copies the result back to NCHW. Geometry: sconv_geom.h.
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -120,11 +123,25 @@ void for_planes(U* nchw, int64_t b, int64_t planes, int64_t hw, int64_t e, int64
   });
 }
 
-at::Tensor to_units(const at::Tensor& x_in, const UnitGrid& q) {
+// Per-thread buffers reused across calls (slot: which one): a fresh allocation of this
+// size is mapped anew by malloc and every page faults again on each call; that fault
+// handling was ~half of a 202-channel 32x32 forward. Internal buffers only, never returned.
+at::Tensor workspace(int slot, int64_t numel, at::ScalarType dtype) {
+  thread_local std::array<at::Tensor, 3> ws;
+  const int64_t bytes = numel * int64_t(c10::elementSize(dtype));
+  at::Tensor& w = ws[size_t(slot)];
+  if (!w.defined() || w.numel() < bytes) {
+    w = at::Tensor();  // free the old one first
+    w = at::empty({bytes}, at::TensorOptions(at::kByte));
+  }
+  return w.narrow(0, 0, bytes).view(dtype);
+}
+
+at::Tensor to_units(const at::Tensor& x_in, const UnitGrid& q, int slot) {
   const at::Tensor x = x_in.contiguous();
   const int64_t b = x.size(0), planes = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t e = 64 / x.element_size(), group = q.nph * q.rows * q.cols;
-  at::Tensor out = at::empty({ceil_div(b, e) * planes * group * e}, x.options());
+  at::Tensor out = workspace(slot, ceil_div(b, e) * planes * group * e, x.scalar_type());
   const std::vector<int64_t> cols = column_table(q, w);
   by_size(x.element_size(), [&](auto tag) {
     using U = decltype(tag);
@@ -186,6 +203,7 @@ ConvTable forward_table(const at::Tensor& index, const ConvGeom& g, const char* 
       t.offs.push_back(int32_t(g.fwd_offset(c / g.taps(), c % g.taps())));
       t.slot.push_back(int32_t(j));
       t.pos.push_back(int32_t(o * k + j));
+      t.src.push_back(int32_t(c / g.taps()));
     }
     t.ptr[size_t(o + 1)] = int64_t(t.offs.size());
   }
@@ -204,10 +222,12 @@ ConvTable backward_table(const ConvTable& fwd, const at::Tensor& index, const Co
   std::vector<int64_t> next(t.ptr.begin(), t.ptr.end() - 1);
   t.offs.resize(fwd.pos.size());
   t.pos.resize(fwd.pos.size());
+  t.src.resize(fwd.pos.size());
   for (int32_t p : fwd.pos) {
     const int64_t c = idx[p], o = p / k, q = next[size_t(plane_of(c))]++;
     t.offs[size_t(q)] = int32_t(g.bwd_offset(o, c % g.taps()));
     t.pos[size_t(q)] = p;
+    t.src[size_t(q)] = int32_t(o);
   }
   (void)n_out;
   return t;
@@ -272,29 +292,86 @@ struct ConvOut {
   std::vector<int64_t> pos_off;
 };
 
+// Scatter the kernel's result units [chunk][n_out][np] (accumulators, lane order of
+// Chunk<T>) to the NCHW tensor of dst, one (chunk, out plane) per task: each task writes
+// one plane of E samples front to back.
+template <typename T>
+void from_units(const conv_acc_t<T>* res, const ConvOut& dst, int64_t n_out, int64_t np) {
+  using C = base::Chunk<T>;
+  at::Tensor& out = *dst.out;
+  T* y = reinterpret_cast<T*>(out.data_ptr());
+  const int64_t nb = out.size(0), e = C::elems, nchunk = ceil_div(nb, e);
+  const int64_t ss = out.stride(0), cs = out.stride(1);
+  int lane[64];
+  for (int l = 0; l < e; ++l) lane[l] = C::lane(l);
+  at::parallel_for(0, nchunk * n_out, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t ch = t / n_out, o = t % n_out, n = std::min(e, nb - ch * e);
+      const int64_t* po = dst.pos_off.data() + (o % dst.nph) * np;
+      const conv_acc_t<T>* u = res + t * np * e;
+      T* base = y + ch * e * ss + (o / dst.nph) * cs;
+      for (int64_t l = 0; l < n; ++l) {
+        T* d = base + l * ss;
+        const conv_acc_t<T>* ul = u + lane[l];
+        for (int64_t p = 0; p < np; ++p)
+          if (po[p] >= 0) d[po[p]] = base::from_acc<T>(ul[p * e]);
+      }
+    }
+  });
+}
+
+// Source channels per band: as many as keep the units that `block` consecutive out
+// positions read (every plane of a channel, all rows and columns the taps reach) within
+// SPARSE_RUN_SCONV_L1 bytes (default 24 KiB: half of this L1, the rest for the tables).
+int64_t band_channels(const ConvGeom& g, int64_t planes_per_ch, int64_t src_rows,
+                      int64_t src_cols, int64_t ocols, int64_t block) {
+  static const int64_t budget = [] {
+    const char* e = std::getenv("SPARSE_RUN_SCONV_L1");
+    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(24) << 10;
+  }();
+  const int64_t rows = std::min(src_rows, ceil_div(block, ocols) + 1 + g.dimax - g.dimin);
+  const int64_t cols = std::min(src_cols, std::min(block, ocols) + g.djmax - g.djmin);
+  return std::max<int64_t>(1, budget / (planes_per_ch * rows * cols * 64));
+}
+
+// The source of an AXPY: its unit buffer, units per chunk and per row, and its channels
+// (cut in bands of `per`).
+struct ConvSrc {
+  const at::Tensor* units;
+  int64_t chunk_units, cols, channels, per;
+};
+
 template <typename S>
-void run_axpy(const ConvTable& t, const at::Tensor& values, const at::Tensor& src,
-              int64_t src_chunk, int64_t src_cols, const ConvOut& dst, int64_t n_out,
-              int64_t orows, int64_t ocols) {
+void run_axpy(const ConvTable& t, const at::Tensor& values, const ConvSrc& src,
+              const ConvOut& dst, int64_t n_out, int64_t orows, int64_t ocols) {
   using T = conv_raw_t<S>;
   using A = conv_acc_t<S>;
   const std::vector<A> vals = table_values<A>(values, t);
+  const int64_t nband = ceil_div(src.channels, src.per);
+  const std::vector<int64_t> ptr = band_ptr(t, src.per, nband);
   at::Tensor& out = *dst.out;
   const int64_t nb = out.size(0), e = 64 / out.element_size(), nchunk = ceil_div(nb, e);
   const int64_t np = orows * ocols, nblk = ceil_div(np, base::kConvBlock);
+  const int64_t scratch = n_out * base::kConvBlock * (sizeof(T) == 2 ? 2 : 1) * 64;
+  const at::Tensor res =
+      workspace(2, nchunk * n_out * np * e, std::is_same_v<A, double> ? at::kDouble : at::kFloat);
   on_conv_isa([&](auto kern) {
     using K = decltype(kern);
     const typename K::template Axpy<T> q{
-        t.ptr.data(), t.offs.data(), vals.data(), reinterpret_cast<const T*>(src.data_ptr()),
-        src_chunk, src_cols, n_out, orows, ocols, reinterpret_cast<T*>(out.data_ptr()), nb,
-        dst.nph, out.stride(0), out.stride(1), dst.pos_off.data()};
+        ptr.data(), nband, t.offs.data(), vals.data(),
+        reinterpret_cast<const T*>(src.units->data_ptr()), src.chunk_units, src.cols, n_out,
+        orows, ocols, reinterpret_cast<typename K::template Vec<T>*>(res.data_ptr())};
     at::parallel_for(0, nchunk * nblk, 1, [&](int64_t b0, int64_t b1) {
+      std::unique_ptr<void, decltype(&std::free)> acc(std::aligned_alloc(64, size_t(scratch)),
+                                                      &std::free);
+      TORCH_CHECK(acc, "sparse_run::sconv: out of memory for the accumulator scratch");
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t p0 = (b % nblk) * base::kConvBlock;
-        K::axpy(q, b / nblk, p0, std::min(np, p0 + base::kConvBlock));
+        K::axpy(q, b / nblk, p0, std::min(np, p0 + base::kConvBlock), acc.get());
       }
     });
   });
+  from_units<T>(res.data_ptr<A>(), dst, n_out, np);
 }
 
 at::Tensor sconv_forward(const at::Tensor& x, const at::Tensor& values, const at::Tensor& index,
@@ -311,11 +388,13 @@ at::Tensor sconv_forward(const at::Tensor& x, const at::Tensor& values, const at
   const ConvTable t = forward_table(idx, g, op);
   if (b == 0 || n_out == 0) return at::zeros({b, n_out, g.oh, g.ow}, x.options());
   const int64_t rows = g.fwd_rows(), cols = g.fwd_cols();
-  const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin));
+  const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin), 0);
   at::Tensor y = at::empty({b, n_out, g.oh, g.ow}, x.options());
   const ConvOut dst{&y, 1, position_table(g, false, g.oh, g.ow, g.oh, g.ow)};
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "sconv_forward", [&] {
-    run_axpy<scalar_t>(t, values, xs, g.c * g.nph * rows * cols, cols, dst, n_out, g.oh, g.ow);
+    const int64_t per = band_channels(g, g.nph, rows, cols, g.ow, base::kConvBlock);
+    run_axpy<scalar_t>(t, values, {&xs, g.c * g.nph * rows * cols, cols, g.c, per}, dst, n_out,
+                       g.oh, g.ow);
   });
   return y;
 }
@@ -339,13 +418,15 @@ at::Tensor sconv_backward_input(const at::Tensor& grad, const at::Tensor& values
   const ConvTable t = backward_table(forward_table(idx, g, op), idx, g);
   if (b == 0) return at::zeros({b, g.c, g.h, g.w}, grad.options());
   const int64_t rows = g.bwd_rows(), cols = g.bwd_cols(), planes = g.c * g.nph;
-  const at::Tensor dys = to_units(grad, plain_grid(rows, cols, g.dimax, g.djmax));
+  const at::Tensor dys = to_units(grad, plain_grid(rows, cols, g.dimax, g.djmax), 1);
   // Every element of dx is written unless some stride phase has no tap (e.g. 1x1, stride 2).
   at::Tensor dx = g.nph < g.sh * g.sw ? at::zeros({b, g.c, g.h, g.w}, grad.options())
                                       : at::empty({b, g.c, g.h, g.w}, grad.options());
   const ConvOut dst{&dx, g.nph, position_table(g, true, g.hb(), g.wb(), g.h, g.w)};
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "sconv_backward_input", [&] {
-    run_axpy<scalar_t>(t, values, dys, n_out * rows * cols, cols, dst, planes, g.hb(), g.wb());
+    const int64_t per = band_channels(g, 1, rows, cols, g.wb(), base::kConvBlock);
+    run_axpy<scalar_t>(t, values, {&dys, n_out * rows * cols, cols, n_out, per}, dst, planes,
+                       g.hb(), g.wb());
   });
   return dx;
 }
@@ -372,8 +453,8 @@ at::Tensor sconv_backward_weight(const at::Tensor& grad, const at::Tensor& x,
   if (b == 0 || n_out == 0) return acc.to(x.scalar_type());
   const int64_t e = 64 / x.element_size(), nchunk = ceil_div(b, e);
   const int64_t rows = g.fwd_rows(), cols = g.fwd_cols();
-  const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin));
-  const at::Tensor dys = to_units(grad, plain_grid(g.oh, g.ow, 0, 0));
+  const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin), 0);
+  const at::Tensor dys = to_units(grad, plain_grid(g.oh, g.ow, 0, 0), 1);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "sconv_backward_weight", [&] {
     using T = conv_raw_t<scalar_t>;
     using A = conv_acc_t<scalar_t>;

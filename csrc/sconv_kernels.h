@@ -21,41 +21,36 @@
 
 #include "cpu_vec.h"  // acc_t, vec_t, Chunk, to_acc / from_acc, hsum, hsum4
 
-constexpr int kConvAhead = 3;  // entries to prefetch ahead
-
 template <typename T> constexpr int conv_tile() { return 8 / Chunk<T>::nvec; }  // units per tile
 
 template <typename T> struct ConvAxpy {
-  const int64_t* ptr;      // [n_out + 1]: entries of out plane o are [ptr[o], ptr[o + 1])
+  // Entries of out plane o whose source channel lies in band b are
+  // [ptr[o * nband + b], ptr[o * nband + b + 1]) (a band's source units stay in L1).
+  const int64_t* ptr;      // [n_out * nband + 1]
+  int64_t nband;
   const int32_t* offs;     // [nnz] source offset of each entry (units, from a chunk's base)
   const acc_t<T>* vals;    // [nnz]
   const T* src;
   int64_t src_chunk;       // units per chunk of the source
   int64_t src_cols;        // units per source row
   int64_t n_out, orows, ocols;  // out planes and their grid
-  // Results go straight to the NCHW tensor out [nb, n_out / nph, H, W]: out plane o is
-  // channel o / nph, stride phase o % nph, and grid position p of phase f lands at element
-  // pos_off[f * orows * ocols + p] of the channel (-1: outside the tensor, dropped).
-  T* out;
-  int64_t nb, nph, sample_stride, channel_stride;
-  const int64_t* pos_off;
+  // Results: units of accumulators res [chunk][n_out][orows * ocols][nvec vectors], which
+  // the glue scatters to NCHW plane by plane (stores straight from the kernel would touch
+  // one page per sample and out plane of a block: TLB-bound).
+  vec_t<T>* res;
 };
 
-// One tile of NT output units of plane o whose homes in the source are sp[0..NT): the
-// accumulators, spilled to acc (NT * nvec vectors).
+// One tile of NT output units whose homes in the source are sp[0..NT), over the entries
+// [p, e): the accumulators start from io (or zero when fresh) and are written back to io.
 template <int NT, typename T>
-static inline void conv_axpy_tile(const ConvAxpy<T>& q, int64_t o, const T* const* sp,
-                                  vec_t<T>* out) {
+static inline void conv_axpy_tile(const ConvAxpy<T>& q, int64_t p, int64_t e,
+                                  const T* const* sp, vec_t<T>* io, bool fresh) {
   using V = vec_t<T>;
   using C = Chunk<T>;
   constexpr int NV = NT * C::nvec;
-  V acc[NV] = {};
-  const int64_t e = q.ptr[o + 1];
-  for (int64_t p = q.ptr[o]; p < e; ++p) {
-    if (p + kConvAhead < e) {  // entries are random planes: fetch the tile ahead
-      const int64_t f = int64_t(q.offs[p + kConvAhead]) * C::elems;
-      for (int k = 0; k < NT; ++k) __builtin_prefetch(sp[k] + f);
-    }
+  V acc[NV];
+  for (int k = 0; k < NV; ++k) acc[k] = fresh ? V{} : io[k];
+  for (; p < e; ++p) {
     const int64_t off = int64_t(q.offs[p]) * C::elems;
     const acc_t<T> v = q.vals[p];
     for (int k = 0; k < NT; ++k) {
@@ -64,30 +59,10 @@ static inline void conv_axpy_tile(const ConvAxpy<T>& q, int64_t o, const T* cons
       for (int h = 0; h < C::nvec; ++h) acc[k * C::nvec + h] += v * x[h];
     }
   }
-  for (int k = 0; k < NV; ++k) out[k] = acc[k];
+  for (int k = 0; k < NV; ++k) io[k] = acc[k];
 }
 
-// Scatter n units (positions t0..t0 + n of plane o, chunk ch) from the accumulators to NCHW.
-template <typename T>
-static inline void conv_store_nchw(const ConvAxpy<T>& q, int64_t ch, int64_t o, int64_t t0,
-                                   int n, const vec_t<T>* acc) {
-  using A = acc_t<T>;
-  using C = Chunk<T>;
-  constexpr int VE = int(64 / sizeof(A));  // accumulators per vector
-  A tmp[conv_tile<T>() * C::nvec * VE];
-  std::memcpy(tmp, acc, sizeof(tmp));
-  const int64_t lanes = q.nb - ch * C::elems < C::elems ? q.nb - ch * C::elems : C::elems;
-  const int64_t* po = q.pos_off + (o % q.nph) * q.orows * q.ocols + t0;
-  T* base = q.out + ch * C::elems * q.sample_stride + (o / q.nph) * q.channel_stride;
-  for (int k = 0; k < n; ++k) {
-    if (po[k] < 0) continue;
-    T* d = base + po[k];
-    const A* u = tmp + k * C::nvec * VE;
-    for (int64_t l = 0; l < lanes; ++l) d[l * q.sample_stride] = from_acc<T>(u[C::lane(int(l))]);
-  }
-}
-
-constexpr int64_t kConvBlock = 16;  // output positions per task (source band stays in L2)
+constexpr int64_t kConvBlock = 16;  // output positions per task
 
 // Homes in a source of row length src_cols of output positions [p0, p1) (grid of ocols).
 static inline void conv_homes(int64_t p0, int64_t p1, int64_t ocols, int64_t src_cols,
@@ -95,21 +70,32 @@ static inline void conv_homes(int64_t p0, int64_t p1, int64_t ocols, int64_t src
   for (int64_t p = p0; p < p1; ++p) home[p - p0] = (p / ocols) * src_cols + p % ocols;
 }
 
-// All out planes, positions [p0, p1) (p1 - p0 <= kConvBlock) of one batch chunk.
+// All out planes, positions [p0, p1) (p1 - p0 <= kConvBlock) of one batch chunk. Bands of
+// source channels in turn (their units stay in L1 while every out plane reads them); the
+// accumulators of all out planes wait in acc [n_out][kConvBlock units] between bands (L2).
 template <typename T>
-static void conv_axpy_block(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1) {
-  constexpr int NT = conv_tile<T>(), E = Chunk<T>::elems;
+static void conv_axpy_block(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1,
+                            vec_t<T>* acc) {
+  constexpr int NT = conv_tile<T>(), E = Chunk<T>::elems, NV = Chunk<T>::nvec;
   int64_t home[kConvBlock];
   conv_homes(p0, p1, q.ocols, q.src_cols, home);
   const T* src = q.src + chunk * q.src_chunk * E;
-  vec_t<T> acc[NT * Chunk<T>::nvec];
-  for (int64_t o = 0; o < q.n_out; ++o) {
-    for (int64_t t0 = p0; t0 < p1; t0 += NT) {
-      const int n = int(p1 - t0 < NT ? p1 - t0 : NT);
-      const T* sp[NT];
-      for (int k = 0; k < NT; ++k) sp[k] = src + home[t0 - p0 + (k < n ? k : n - 1)] * E;
-      conv_axpy_tile<NT>(q, o, sp, acc);
-      conv_store_nchw(q, chunk, o, t0, n, acc);
+  for (int64_t b = 0; b < q.nband; ++b) {
+    const bool first = b == 0, last = b == q.nband - 1;
+    for (int64_t o = 0; o < q.n_out; ++o) {
+      const int64_t p = q.ptr[o * q.nband + b], e = q.ptr[o * q.nband + b + 1];
+      if (p == e && !first && !last) continue;
+      for (int64_t t0 = p0; t0 < p1; t0 += NT) {
+        const int n = int(p1 - t0 < NT ? p1 - t0 : NT);
+        const T* sp[NT];
+        for (int k = 0; k < NT; ++k) sp[k] = src + home[t0 - p0 + (k < n ? k : n - 1)] * E;
+        vec_t<T>* io = acc + (o * kConvBlock + (t0 - p0)) * NV;
+        conv_axpy_tile<NT>(q, p, e, sp, io, first);
+        if (last) {
+          vec_t<T>* r = q.res + ((chunk * q.n_out + o) * q.orows * q.ocols + t0) * NV;
+          for (int k = 0; k < n * NV; ++k) r[k] = io[k];
+        }
+      }
     }
   }
 }
@@ -185,9 +171,10 @@ template <typename T> static void conv_sddmm_rows(const ConvSddmm<T>& q, int64_t
 struct ConvKernels {
   template <typename T> using Axpy = ConvAxpy<T>;
   template <typename T> using Sddmm = ConvSddmm<T>;
+  template <typename T> using Vec = vec_t<T>;
   template <typename T>
-  static void axpy(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1) {
-    conv_axpy_block(q, chunk, p0, p1);
+  static void axpy(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1, void* acc) {
+    conv_axpy_block(q, chunk, p0, p1, static_cast<vec_t<T>*>(acc));
   }
   template <typename T> static void sddmm(const ConvSddmm<T>& q, int64_t o0, int64_t o1) {
     conv_sddmm_rows(q, o0, o1);
