@@ -74,11 +74,11 @@ template <typename S> using conv_acc_t = std::conditional_t<std::is_same_v<S, do
 // ---------------------------------------------------------------- unit layout copies
 // Where plane p of a [B, P, H, W] tensor lives in a unit buffer [chunk][P * nph][rows][cols]:
 // element (u, v) goes to phase phase[(u % sh) * sw + v % sw] (if >= 0), row u / sh + r0,
-// column v / sw + c0 (clipped to the grid).
+// column v / sw + c0 (clipped to the grid). Each plane group is followed by pad zero units.
 struct UnitGrid {
   int64_t sh, sw;
   const int64_t* phase;
-  int64_t nph, rows, cols, r0, c0;
+  int64_t nph, rows, cols, r0, c0, pad = 0;
 };
 
 const int64_t kNoPhase[1] = {0};
@@ -140,7 +140,7 @@ at::Tensor workspace(int slot, int64_t numel, at::ScalarType dtype) {
 at::Tensor to_units(const at::Tensor& x_in, const UnitGrid& q, int slot) {
   const at::Tensor x = x_in.contiguous();
   const int64_t b = x.size(0), planes = x.size(1), h = x.size(2), w = x.size(3);
-  const int64_t e = 64 / x.element_size(), group = q.nph * q.rows * q.cols;
+  const int64_t e = 64 / x.element_size(), group = q.nph * q.rows * q.cols + q.pad;
   at::Tensor out = workspace(slot, ceil_div(b, e) * planes * group * e, x.scalar_type());
   const std::vector<int64_t> cols = column_table(q, w);
   by_size(x.element_size(), [&](auto tag) {
@@ -320,15 +320,22 @@ void from_units(const conv_acc_t<T>* res, const ConvOut& dst, int64_t n_out, int
   });
 }
 
+int64_t env_bytes(const char* name, int64_t fallback) {
+  const char* e = std::getenv(name);
+  return e ? std::max<int64_t>(1, std::atoll(e)) : fallback;
+}
+
 // Source channels per band: as many as keep the units that `block` consecutive out
 // positions read (every plane of a channel, all rows and columns the taps reach) within
-// SPARSE_RUN_SCONV_L1 bytes (default 24 KiB: half of this L1, the rest for the tables).
+// SPARSE_RUN_SCONV_L1 bytes. The estimate counts whole rows and columns in reach, ~1.5x the
+// units really read; the default 64 KiB (measured best on a 48 KiB L1, flat 64-96 KiB) keeps
+// the true band at ~40 KiB.
+enum BandLevel { kBandL1, kBandL2 };
 int64_t band_channels(const ConvGeom& g, int64_t planes_per_ch, int64_t src_rows,
-                      int64_t src_cols, int64_t ocols, int64_t block) {
-  static const int64_t budget = [] {
-    const char* e = std::getenv("SPARSE_RUN_SCONV_L1");
-    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(24) << 10;
-  }();
+                      int64_t src_cols, int64_t ocols, int64_t block, BandLevel level = kBandL1) {
+  static const int64_t budgets[2] = {env_bytes("SPARSE_RUN_SCONV_L1", int64_t(64) << 10),
+                                     env_bytes("SPARSE_RUN_SCONV_L2", int64_t(1) << 20)};
+  const int64_t budget = budgets[level];
   const int64_t rows = std::min(src_rows, ceil_div(block, ocols) + 1 + g.dimax - g.dimin);
   const int64_t cols = std::min(src_cols, std::min(block, ocols) + g.djmax - g.djmin);
   return std::max<int64_t>(1, budget / (planes_per_ch * rows * cols * 64));
@@ -454,16 +461,26 @@ at::Tensor sconv_backward_weight(const at::Tensor& grad, const at::Tensor& x,
   const int64_t e = 64 / x.element_size(), nchunk = ceil_div(b, e);
   const int64_t rows = g.fwd_rows(), cols = g.fwd_cols();
   const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin), 0);
-  const at::Tensor dys = to_units(grad, plain_grid(g.oh, g.ow, 0, 0), 1);
+  // dy planes 8 units apart from a multiple of 64 lines: the weight gradient reads one tile
+  // of every out plane in turn, which would otherwise fall into the same L1 sets.
+  UnitGrid dy_grid = plain_grid(g.oh, g.ow, 0, 0);
+  dy_grid.pad = (g.oh * g.ow) % 64 == 0 ? 8 : 0;
+  const at::Tensor dys = to_units(grad, dy_grid, 1);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "sconv_backward_weight", [&] {
     using T = conv_raw_t<scalar_t>;
     using A = conv_acc_t<scalar_t>;
+    // Bands sized for L2 here: each (out plane, band) reloads its dy tile and ends on single
+    // horizontal sums, so L1-sized bands measured slower.
+    const int64_t per = band_channels(g, g.nph, rows, cols, g.ow, base::kSddmmTile<T>, kBandL2);
+    const int64_t nband = ceil_div(g.c, per);
+    const std::vector<int64_t> ptr = band_ptr(t, per, nband);
     on_conv_isa([&](auto kern) {
       using K = decltype(kern);
       const typename K::template Sddmm<T> q{
-          t.ptr.data(), t.offs.data(), t.slot.data(),
+          ptr.data(), nband, t.offs.data(), t.slot.data(),
           reinterpret_cast<const T*>(dys.data_ptr()), reinterpret_cast<const T*>(xs.data_ptr()),
-          g.c * g.nph * rows * cols, cols, nchunk, n_out, g.oh, g.ow, k, acc.data_ptr<A>()};
+          g.c * g.nph * rows * cols, cols, g.oh * g.ow + dy_grid.pad, nchunk, n_out, g.oh, g.ow,
+          k, acc.data_ptr<A>()};
       const int64_t grain = std::max<int64_t>(1, ceil_div(n_out, at::get_num_threads()));
       at::parallel_for(0, n_out, grain, [&](int64_t o0, int64_t o1) { K::sddmm(q, o0, o1); });
     });

@@ -101,12 +101,14 @@ static void conv_axpy_block(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int
 }
 
 template <typename T> struct ConvSddmm {
-  const int64_t* ptr;      // [n_out + 1] entries of each out plane (valid slots only)
+  const int64_t* ptr;      // [n_out * nband + 1] entries of (out plane, source band), as ConvAxpy
+  int64_t nband;
   const int32_t* offs;     // [nnz] source offset (units) of each entry in the x layout
   const int32_t* slot;     // [nnz] column of the entry in the [n_out, k] result
   const T* dy;             // [chunk][n_out][orows * ocols] units
   const T* x;              // source layout of the forward
   int64_t x_chunk, x_cols;
+  int64_t dy_plane;        // units per dy plane (orows * ocols and a pad)
   int64_t nchunk, n_out, orows, ocols, k;
   acc_t<T>* acc;           // [n_out, k] partial sums, zeroed by the caller
 };
@@ -128,13 +130,38 @@ static inline vec_t<T> conv_dot(const vec_t<T>* dd, const T* const* sp, int64_t 
   return a + b;
 }
 
-// Weight gradient of out planes [o0, o1): every chunk and tile, dy tile held in registers
-// across the plane's entries, entries four at a time for hsum4.
-template <typename T> static void conv_sddmm_rows(const ConvSddmm<T>& q, int64_t o0, int64_t o1) {
+// Entries [p, e) of out plane o over one tile (n units of dy at dyp, sources sp): the dy
+// tile stays in registers, entries go four at a time through hsum4.
+template <int NT, typename T>
+static inline void conv_sddmm_tile(const ConvSddmm<T>& q, int64_t o, int64_t p, int64_t e,
+                                   const T* const* sp, const T* dyp, int n) {
   using A = acc_t<T>;
   using V = vec_t<T>;
   using C = Chunk<T>;
-  constexpr int NT = conv_tile<T>(), E = C::elems, NV = NT * C::nvec;
+  constexpr int E = C::elems, NV = NT * C::nvec;
+  V dd[NV] = {};
+  for (int k = 0; k < n; ++k) C::load(dyp + k * E, dd + k * C::nvec);
+  A* out = q.acc + o * q.k;
+  for (; p + 4 <= e; p += 4) {
+    const V a[4] = {conv_dot<NT>(dd, sp, int64_t(q.offs[p]) * E),
+                    conv_dot<NT>(dd, sp, int64_t(q.offs[p + 1]) * E),
+                    conv_dot<NT>(dd, sp, int64_t(q.offs[p + 2]) * E),
+                    conv_dot<NT>(dd, sp, int64_t(q.offs[p + 3]) * E)};
+    A part[4];
+    hsum4(a, part);
+    for (int r = 0; r < 4; ++r) out[q.slot[p + r]] += part[r];
+  }
+  for (; p < e; ++p) out[q.slot[p]] += hsum<V, A>(conv_dot<NT>(dd, sp, int64_t(q.offs[p]) * E));
+}
+
+// Units per weight-gradient tile: twice the AXPY's (16 dy vectors in registers), which halves
+// the horizontal sums and result updates per FMA.
+template <typename T> constexpr int kSddmmTile = 2 * conv_tile<T>();
+
+// Weight gradient of out planes [o0, o1): every chunk and tile, bands of source channels in
+// turn, each (out plane, band) list against the plane's dy tile.
+template <typename T> static void conv_sddmm_rows(const ConvSddmm<T>& q, int64_t o0, int64_t o1) {
+  constexpr int NT = kSddmmTile<T>, E = Chunk<T>::elems;
   const int64_t np = q.orows * q.ocols;
   int64_t home[NT];
   for (int64_t chunk = 0; chunk < q.nchunk; ++chunk) {
@@ -144,24 +171,12 @@ template <typename T> static void conv_sddmm_rows(const ConvSddmm<T>& q, int64_t
       conv_homes(t0, t0 + n, q.ocols, q.x_cols, home);
       const T* sp[NT];
       for (int k = 0; k < NT; ++k) sp[k] = xs + home[k < n ? k : n - 1] * E;
-      for (int64_t o = o0; o < o1; ++o) {
-        const T* dyp = q.dy + ((chunk * q.n_out + o) * np + t0) * E;
-        V dd[NV] = {};
-        for (int k = 0; k < n; ++k) C::load(dyp + k * E, dd + k * C::nvec);
-        A* out = q.acc + o * q.k;
-        int64_t p = q.ptr[o];
-        const int64_t e = q.ptr[o + 1];
-        for (; p + 4 <= e; p += 4) {
-          const V a[4] = {conv_dot<NT>(dd, sp, int64_t(q.offs[p]) * E),
-                          conv_dot<NT>(dd, sp, int64_t(q.offs[p + 1]) * E),
-                          conv_dot<NT>(dd, sp, int64_t(q.offs[p + 2]) * E),
-                          conv_dot<NT>(dd, sp, int64_t(q.offs[p + 3]) * E)};
-          A part[4];
-          hsum4(a, part);
-          for (int r = 0; r < 4; ++r) out[q.slot[p + r]] += part[r];
+      for (int64_t b = 0; b < q.nband; ++b) {  // a band's source units stay in L1
+        for (int64_t o = o0; o < o1; ++o) {
+          const int64_t p = q.ptr[o * q.nband + b], e = q.ptr[o * q.nband + b + 1];
+          const T* dyp = q.dy + ((chunk * q.n_out + o) * q.dy_plane + t0) * E;
+          if (p < e) conv_sddmm_tile<NT>(q, o, p, e, sp, dyp, n);
         }
-        for (; p < e; ++p)
-          out[q.slot[p]] += hsum<V, A>(conv_dot<NT>(dd, sp, int64_t(q.offs[p]) * E));
       }
     }
   }
