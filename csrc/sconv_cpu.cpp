@@ -42,13 +42,17 @@ namespace cpu {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
 namespace avx512 {
+#define SCONV_STREAM 512
 #include "sconv_kernels.h"
+#undef SCONV_STREAM
 }  // namespace avx512
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
+#define SCONV_STREAM 256
 #include "sconv_kernels.h"
+#undef SCONV_STREAM
 }  // namespace avx2
 #pragma GCC pop_options
 #endif
@@ -137,12 +141,71 @@ at::Tensor workspace(int slot, int64_t numel, at::ScalarType dtype) {
   return w.narrow(0, 0, bytes).view(dtype);
 }
 
+#ifdef SCONV_MULTI_ISA
+#include "cpu_transpose.h"  // transpose16
+
+// Row off of 16 fp32 lanes (lanes past n read as zero) into units with 16 x 16 register
+// transposes: column v becomes the unit at dst_row + ct[v] * 16 (dropped where ct[v] < 0).
+__attribute__((target("avx512f"))) void row_to_units16(const float* const* lanes, int64_t n,
+                                                       int64_t off, int64_t w,
+                                                       const int64_t* ct, float* dst_row) {
+  for (int64_t v0 = 0; v0 < w; v0 += 16) {
+    const int64_t nc = std::min<int64_t>(16, w - v0);
+    const __mmask16 m = __mmask16((1u << nc) - 1u);
+    __m512 r[16];
+    for (int l = 0; l < 16; ++l)
+      r[l] = l < n ? _mm512_maskz_loadu_ps(m, lanes[l] + off + v0) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int j = 0; j < nc; ++j)
+      if (ct[v0 + j] >= 0) _mm512_storeu_ps(dst_row + ct[v0 + j] * 16, r[j]);
+  }
+}
+
+// The inverse for one plane of np fp32 units: 16 positions at a time, transposed, each of
+// the n lanes stored as one masked vector where the positions are consecutive in NCHW.
+__attribute__((target("avx512f"))) void units_to_plane16(const float* u, int64_t np,
+                                                         const int64_t* po, int64_t n,
+                                                         float* base, int64_t ss) {
+  for (int64_t p0 = 0; p0 < np; p0 += 16) {
+    const int64_t cnt = std::min<int64_t>(16, np - p0);
+    __m512 r[16];
+    for (int k = 0; k < 16; ++k)
+      r[k] = k < cnt ? _mm512_loadu_ps(u + (p0 + k) * 16) : _mm512_setzero_ps();
+    transpose16(r);  // r[l]: lane l at positions p0 .. p0 + 15
+    bool consecutive = po[p0] >= 0;
+    for (int64_t k = 1; k < cnt && consecutive; ++k) consecutive = po[p0 + k] == po[p0] + k;
+    if (consecutive) {
+      const __mmask16 m = __mmask16((1u << cnt) - 1u);
+      for (int64_t l = 0; l < n; ++l) _mm512_mask_storeu_ps(base + l * ss + po[p0], m, r[l]);
+      continue;
+    }
+    alignas(64) float t[16][16];
+    for (int l = 0; l < 16; ++l) _mm512_store_ps(t[l], r[l]);
+    for (int64_t l = 0; l < n; ++l)
+      for (int64_t k = 0; k < cnt; ++k)
+        if (po[p0 + k] >= 0) base[l * ss + po[p0 + k]] = t[l][k];
+  }
+}
+#endif
+
+// The register-transpose copies above apply: fp32 while AVX-512 is the active ISA.
+bool fast_copies(int64_t element_size) {
+#ifdef SCONV_MULTI_ISA
+  return element_size == 4 && active_isa().load(std::memory_order_relaxed) == Isa::avx512;
+#else
+  (void)element_size;
+  return false;
+#endif
+}
+
 at::Tensor to_units(const at::Tensor& x_in, const UnitGrid& q, int slot) {
   const at::Tensor x = x_in.contiguous();
   const int64_t b = x.size(0), planes = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t e = 64 / x.element_size(), group = q.nph * q.rows * q.cols + q.pad;
   at::Tensor out = workspace(slot, ceil_div(b, e) * planes * group * e, x.scalar_type());
   const std::vector<int64_t> cols = column_table(q, w);
+  const bool fast = fast_copies(x.element_size());
+  (void)fast;
   by_size(x.element_size(), [&](auto tag) {
     using U = decltype(tag);
     U* dst = static_cast<U*>(out.data_ptr());
@@ -153,6 +216,13 @@ at::Tensor to_units(const at::Tensor& x_in, const UnitGrid& q, int slot) {
         const int64_t r = u / q.sh + q.r0;
         if (r >= q.rows) continue;
         const int64_t* ct = cols.data() + (u % q.sh) * w;
+#ifdef SCONV_MULTI_ISA
+        if (fast) {
+          row_to_units16(reinterpret_cast<const float* const*>(lanes), n, u * w, w, ct,
+                         reinterpret_cast<float*>(dst + (base + r * q.cols) * e));
+          continue;
+        }
+#endif
         for (int64_t v = 0; v < w; ++v) {
           if (ct[v] < 0) continue;
           U* d = dst + (base + r * q.cols + ct[v]) * e;
@@ -304,12 +374,22 @@ void from_units(const conv_acc_t<T>* res, const ConvOut& dst, int64_t n_out, int
   const int64_t ss = out.stride(0), cs = out.stride(1);
   int lane[64];
   for (int l = 0; l < e; ++l) lane[l] = C::lane(l);
+  const bool fast = fast_copies(int64_t(sizeof(T)));
+  (void)fast;
   at::parallel_for(0, nchunk * n_out, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t ch = t / n_out, o = t % n_out, n = std::min(e, nb - ch * e);
       const int64_t* po = dst.pos_off.data() + (o % dst.nph) * np;
       const conv_acc_t<T>* u = res + t * np * e;
       T* base = y + ch * e * ss + (o / dst.nph) * cs;
+#ifdef SCONV_MULTI_ISA
+      if constexpr (std::is_same_v<T, float>) {
+        if (fast) {
+          units_to_plane16(u, np, po, n, base, ss);
+          continue;
+        }
+      }
+#endif
       for (int64_t l = 0; l < n; ++l) {
         T* d = base + l * ss;
         const conv_acc_t<T>* ul = u + lane[l];

@@ -21,6 +21,29 @@
 
 #include "cpu_vec.h"  // acc_t, vec_t, Chunk, to_acc / from_acc, hsum, hsum4
 
+// A 64-byte store that bypasses the caches (the includer sets SCONV_STREAM to the vector
+// width its instruction set has: 512, 256, or none for a plain store); conv_stream_fence
+// orders them before the results are read by another thread.
+template <typename V> static inline void conv_stream(V* p, const V& v) {
+#if defined(SCONV_STREAM) && SCONV_STREAM == 512
+  __m512i w;
+  std::memcpy(&w, &v, 64);
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(p), w);
+#elif defined(SCONV_STREAM) && SCONV_STREAM == 256
+  __m256i w[2];
+  std::memcpy(w, &v, 64);
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), w[0]);
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p) + 1, w[1]);
+#else
+  *p = v;
+#endif
+}
+static inline void conv_stream_fence() {
+#if defined(SCONV_STREAM)
+  _mm_sfence();
+#endif
+}
+
 template <typename T> constexpr int conv_tile() { return 8 / Chunk<T>::nvec; }  // units per tile
 
 template <typename T> struct ConvAxpy {
@@ -41,15 +64,18 @@ template <typename T> struct ConvAxpy {
 };
 
 // One tile of NT output units whose homes in the source are sp[0..NT), over the entries
-// [p, e): the accumulators start from io (or zero when fresh) and are written back to io.
+// [p, e): the accumulators start from in (or zero when fresh); the first n units go to out,
+// with non-temporal stores when stream (the result buffer is read back only after the whole
+// call: caching it would cost a read for ownership of every line).
 template <int NT, typename T>
 static inline void conv_axpy_tile(const ConvAxpy<T>& q, int64_t p, int64_t e,
-                                  const T* const* sp, vec_t<T>* io, bool fresh) {
+                                  const T* const* sp, const vec_t<T>* in, bool fresh,
+                                  vec_t<T>* out, int n, bool stream) {
   using V = vec_t<T>;
   using C = Chunk<T>;
   constexpr int NV = NT * C::nvec;
   V acc[NV];
-  for (int k = 0; k < NV; ++k) acc[k] = fresh ? V{} : io[k];
+  for (int k = 0; k < NV; ++k) acc[k] = fresh ? V{} : in[k];
   for (; p < e; ++p) {
     const int64_t off = int64_t(q.offs[p]) * C::elems;
     const acc_t<T> v = q.vals[p];
@@ -59,7 +85,12 @@ static inline void conv_axpy_tile(const ConvAxpy<T>& q, int64_t p, int64_t e,
       for (int h = 0; h < C::nvec; ++h) acc[k * C::nvec + h] += v * x[h];
     }
   }
-  for (int k = 0; k < NV; ++k) io[k] = acc[k];
+  if (!stream) {
+    for (int k = 0; k < NV; ++k) out[k] = acc[k];
+    return;
+  }
+  for (int k = 0; k < NV; ++k)
+    if (k < n * C::nvec) conv_stream(out + k, acc[k]);
 }
 
 constexpr int64_t kConvBlock = 16;  // output positions per task
@@ -89,15 +120,13 @@ static void conv_axpy_block(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int
         const int n = int(p1 - t0 < NT ? p1 - t0 : NT);
         const T* sp[NT];
         for (int k = 0; k < NT; ++k) sp[k] = src + home[t0 - p0 + (k < n ? k : n - 1)] * E;
-        vec_t<T>* io = acc + (o * kConvBlock + (t0 - p0)) * NV;
-        conv_axpy_tile<NT>(q, p, e, sp, io, first);
-        if (last) {
-          vec_t<T>* r = q.res + ((chunk * q.n_out + o) * q.orows * q.ocols + t0) * NV;
-          for (int k = 0; k < n * NV; ++k) r[k] = io[k];
-        }
+        vec_t<T>* io = acc + (o * kConvBlock + (t0 - p0)) * NV;  // between bands
+        vec_t<T>* res = q.res + ((chunk * q.n_out + o) * q.orows * q.ocols + t0) * NV;
+        conv_axpy_tile<NT>(q, p, e, sp, io, first, last ? res : io, n, last);
       }
     }
   }
+  conv_stream_fence();
 }
 
 template <typename T> struct ConvSddmm {
