@@ -142,15 +142,31 @@ template <typename T> struct ConvSddmm {
   acc_t<T>* acc;           // [n_out, k] partial sums, zeroed by the caller
 };
 
+// Where the units of a weight-gradient tile live in the source: any homes (one pointer per
+// unit), or two runs of NT / 2 consecutive units (a tile within one row, or two rows of 8:
+// every load is then a constant offset from two pointers, which frees the registers the
+// pointer list would spill to the stack and reload on every entry).
+template <typename T> struct AnyHomes {
+  const T* const* sp;
+  template <int NT> const T* at(int k) const { return sp[k]; }
+};
+template <typename T> struct TwoRuns {
+  const T* s0;
+  const T* s1;
+  template <int NT> const T* at(int k) const {
+    return k < NT / 2 ? s0 + k * Chunk<T>::elems : s1 + (k - NT / 2) * Chunk<T>::elems;
+  }
+};
+
 // Partial dot of one entry over a tile, as a vector (dd: the tile of dy in registers).
-template <int NT, typename T>
-static inline vec_t<T> conv_dot(const vec_t<T>* dd, const T* const* sp, int64_t off) {
+template <int NT, typename T, typename S>
+static inline vec_t<T> conv_dot(const vec_t<T>* dd, const S& src, int64_t off) {
   using V = vec_t<T>;
   using C = Chunk<T>;
   V a = {}, b = {};
   for (int k = 0; k < NT; ++k) {
     V x[C::nvec];
-    C::load(sp[k] + off, x);
+    C::load(src.template at<NT>(k) + off, x);
     for (int h = 0; h < C::nvec; ++h) {
       if ((k * C::nvec + h) & 1) b += dd[k * C::nvec + h] * x[h];
       else a += dd[k * C::nvec + h] * x[h];
@@ -159,28 +175,45 @@ static inline vec_t<T> conv_dot(const vec_t<T>* dd, const T* const* sp, int64_t 
   return a + b;
 }
 
-// Entries [p, e) of out plane o over one tile (n units of dy at dyp, sources sp): the dy
+// Entries [p, e) of out plane o over one tile (n units of dy at dyp, sources src): the dy
 // tile stays in registers, entries go four at a time through hsum4.
-template <int NT, typename T>
+template <int NT, typename T, typename S>
 static inline void conv_sddmm_tile(const ConvSddmm<T>& q, int64_t o, int64_t p, int64_t e,
-                                   const T* const* sp, const T* dyp, int n) {
+                                   const S& src, const T* dyp, int n) {
   using A = acc_t<T>;
   using V = vec_t<T>;
   using C = Chunk<T>;
   constexpr int E = C::elems, NV = NT * C::nvec;
-  V dd[NV] = {};
-  for (int k = 0; k < n; ++k) C::load(dyp + k * E, dd + k * C::nvec);
+  V dd[NV];
+  for (int k = 0; k < NT; ++k) {  // fixed trip count: a variable one became a rep movs
+    if (k < n) C::load(dyp + k * E, dd + k * C::nvec);
+    else for (int h = 0; h < C::nvec; ++h) dd[k * C::nvec + h] = V{};
+  }
   A* out = q.acc + o * q.k;
   for (; p + 4 <= e; p += 4) {
-    const V a[4] = {conv_dot<NT>(dd, sp, int64_t(q.offs[p]) * E),
-                    conv_dot<NT>(dd, sp, int64_t(q.offs[p + 1]) * E),
-                    conv_dot<NT>(dd, sp, int64_t(q.offs[p + 2]) * E),
-                    conv_dot<NT>(dd, sp, int64_t(q.offs[p + 3]) * E)};
+    const V a[4] = {conv_dot<NT, T>(dd, src, int64_t(q.offs[p]) * E),
+                    conv_dot<NT, T>(dd, src, int64_t(q.offs[p + 1]) * E),
+                    conv_dot<NT, T>(dd, src, int64_t(q.offs[p + 2]) * E),
+                    conv_dot<NT, T>(dd, src, int64_t(q.offs[p + 3]) * E)};
     A part[4];
     hsum4(a, part);
     for (int r = 0; r < 4; ++r) out[q.slot[p + r]] += part[r];
   }
-  for (; p < e; ++p) out[q.slot[p]] += hsum<V, A>(conv_dot<NT>(dd, sp, int64_t(q.offs[p]) * E));
+  for (; p < e; ++p) out[q.slot[p]] += hsum<V, A>(conv_dot<NT, T>(dd, src, int64_t(q.offs[p]) * E));
+}
+
+// One tile, all bands, out planes [o0, o1).
+template <int NT, typename T, typename S>
+static void conv_sddmm_bands(const ConvSddmm<T>& q, int64_t o0, int64_t o1, int64_t chunk,
+                             int64_t t0, const S& src, int n) {
+  constexpr int E = Chunk<T>::elems;
+  for (int64_t b = 0; b < q.nband; ++b) {  // a band's source units stay in cache
+    for (int64_t o = o0; o < o1; ++o) {
+      const int64_t p = q.ptr[o * q.nband + b], e = q.ptr[o * q.nband + b + 1];
+      const T* dyp = q.dy + ((chunk * q.n_out + o) * q.dy_plane + t0) * E;
+      if (p < e) conv_sddmm_tile<NT>(q, o, p, e, src, dyp, n);
+    }
+  }
 }
 
 // Units per weight-gradient tile: twice the AXPY's (16 dy vectors in registers), which halves
@@ -198,15 +231,17 @@ template <typename T> static void conv_sddmm_rows(const ConvSddmm<T>& q, int64_t
     for (int64_t t0 = 0; t0 < np; t0 += NT) {
       const int n = int(np - t0 < NT ? np - t0 : NT);
       conv_homes(t0, t0 + n, q.ocols, q.x_cols, home);
+      bool runs = n == NT;
+      for (int k = 1; k < NT && runs; ++k)
+        runs = k == NT / 2 || home[k] == home[k - 1] + 1;
+      if (runs) {
+        conv_sddmm_bands<NT>(q, o0, o1, chunk, t0,
+                             TwoRuns<T>{xs + home[0] * E, xs + home[NT / 2] * E}, n);
+        continue;
+      }
       const T* sp[NT];
       for (int k = 0; k < NT; ++k) sp[k] = xs + home[k < n ? k : n - 1] * E;
-      for (int64_t b = 0; b < q.nband; ++b) {  // a band's source units stay in L1
-        for (int64_t o = o0; o < o1; ++o) {
-          const int64_t p = q.ptr[o * q.nband + b], e = q.ptr[o * q.nband + b + 1];
-          const T* dyp = q.dy + ((chunk * q.n_out + o) * q.dy_plane + t0) * E;
-          if (p < e) conv_sddmm_tile<NT>(q, o, p, e, sp, dyp, n);
-        }
-      }
+      conv_sddmm_bands<NT>(q, o0, o1, chunk, t0, AnyHomes<T>{sp}, n);
     }
   }
 }
