@@ -1,6 +1,6 @@
 // Helpers of the CPU glue (cfi_cpu.cpp): dtype views, the tiled transpose of the dense operand,
 // CSC value gather, row-parallel loops and the index error. Included by cfi_cpu.cpp inside its
-// namespace, after the ATen headers, so this header includes nothing itself.
+// namespace, after the ATen headers, so this header includes only cpu_transpose.h.
 #pragma once
 
 constexpr int64_t kTransposeMinBatch = 8;
@@ -32,32 +32,7 @@ int64_t padded_batch(int64_t b, int64_t element_size) {
 }
 
 #ifdef CFI_MULTI_ISA
-// In-register transpose of a 16 x 16 fp32 block: r[i] holds row i on entry, column i on exit.
-// Three rounds: 2 x 2 element pairs (unpack), 4 x 4 blocks within 128-bit lanes (shuffle),
-// then the 4 x 4 transpose of the lanes themselves (two rounds of shuffle_f32x4).
-__attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int q = 0; q < 4; ++q) {  // u[4q + m], lane L: rows 4q..4q+3 of column 4L + m
-    u[4 * q + 0] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int m = 0; m < 4; ++m) {
-    const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);
-    const __m512 v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xdd);
-    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
-    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xdd);
-    r[m] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-    r[8 + m] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
-    r[4 + m] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-    r[12 + m] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
-  }
-}
+#include "cpu_transpose.h"  // transpose16
 
 // tiled_transpose for 4-byte elements with 16 x 16 register transposes (~4x the scalar copy):
 // columns [c0, c1) of src, all batch tiles; rows past b are zero, columns past n not stored.

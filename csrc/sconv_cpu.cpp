@@ -9,10 +9,13 @@
 //   sconv_backward_weight(grad, x, index, kernel, stride, padding)        dv [O, K]
 // Each call copies its activations into the unit layout of sconv_kernels.h (batch chunks of
 // 64 bytes innermost, stride phases, zero margins), runs the kernel with at::parallel_for
-// and copies the result back to NCHW. Geometry: sconv_geom.h.
+// and copies the result back to NCHW. Geometry: sconv_geom.h; layout copies: sconv_layout.h.
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -39,13 +42,17 @@ namespace cpu {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
 namespace avx512 {
+#define SCONV_STREAM 512
 #include "sconv_kernels.h"
+#undef SCONV_STREAM
 }  // namespace avx512
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
+#define SCONV_STREAM 256
 #include "sconv_kernels.h"
+#undef SCONV_STREAM
 }  // namespace avx2
 #pragma GCC pop_options
 #endif
@@ -68,103 +75,7 @@ template <> struct ConvRaw<at::BFloat16> { using type = uint16_t; };
 template <typename S> using conv_raw_t = typename ConvRaw<S>::type;
 template <typename S> using conv_acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
 
-// ---------------------------------------------------------------- unit layout copies
-// Where plane p of a [B, P, H, W] tensor lives in a unit buffer [chunk][P * nph][rows][cols]:
-// element (u, v) goes to phase phase[(u % sh) * sw + v % sw] (if >= 0), row u / sh + r0,
-// column v / sw + c0 (clipped to the grid).
-struct UnitGrid {
-  int64_t sh, sw;
-  const int64_t* phase;
-  int64_t nph, rows, cols, r0, c0;
-};
-
-const int64_t kNoPhase[1] = {0};
-UnitGrid plain_grid(int64_t rows, int64_t cols, int64_t r0, int64_t c0) {
-  return {1, 1, kNoPhase, 1, rows, cols, r0, c0};
-}
-UnitGrid phase_grid(const ConvGeom& g, int64_t rows, int64_t cols, int64_t r0, int64_t c0) {
-  return {g.sh, g.sw, g.phase.data(), g.nph, rows, cols, r0, c0};
-}
-
-template <typename F> void by_size(int64_t size, const F& f) {
-  if (size == 2) f(uint16_t{});
-  else if (size == 4) f(uint32_t{});
-  else f(uint64_t{});
-}
-
-// Column table of a grid: for row phase a and column v, the unit offset within a plane group
-// (phase plane * rows * cols + column), or -1 when the grid does not hold the element.
-std::vector<int64_t> column_table(const UnitGrid& q, int64_t w) {
-  std::vector<int64_t> t(size_t(q.sh * w));
-  for (int64_t a = 0; a < q.sh; ++a)
-    for (int64_t v = 0; v < w; ++v) {
-      const int64_t ph = q.phase[a * q.sw + v % q.sw], c = v / q.sw + q.c0;
-      t[size_t(a * w + v)] = ph < 0 || c >= q.cols ? -1 : ph * q.rows * q.cols + c;
-    }
-  return t;
-}
-
-// f(lane pointers, n lanes, group base unit) for every (chunk, plane) of a [B, P, H, W]
-// tensor in parallel; the group of plane p of chunk ch starts at unit (ch * P + p) * nph * rows * cols.
-template <typename U, typename F>
-void for_planes(U* nchw, int64_t b, int64_t planes, int64_t hw, int64_t e, int64_t group,
-                const F& f) {
-  const int64_t nchunk = ceil_div(b, e);
-  at::parallel_for(0, nchunk * planes, 1, [&](int64_t t0, int64_t t1) {
-    U* lanes[32];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t ch = t / planes, p = t % planes, n = std::min(e, b - ch * e);
-      for (int64_t l = 0; l < n; ++l) lanes[l] = nchw + ((ch * e + l) * planes + p) * hw;
-      f(lanes, n, (ch * planes + p) * group);
-    }
-  });
-}
-
-at::Tensor to_units(const at::Tensor& x_in, const UnitGrid& q) {
-  const at::Tensor x = x_in.contiguous();
-  const int64_t b = x.size(0), planes = x.size(1), h = x.size(2), w = x.size(3);
-  const int64_t e = 64 / x.element_size(), group = q.nph * q.rows * q.cols;
-  at::Tensor out = at::empty({ceil_div(b, e) * planes * group * e}, x.options());
-  const std::vector<int64_t> cols = column_table(q, w);
-  by_size(x.element_size(), [&](auto tag) {
-    using U = decltype(tag);
-    U* dst = static_cast<U*>(out.data_ptr());
-    for_planes(static_cast<U*>(x.data_ptr()), b, planes, h * w, e, group,
-               [&](U* const* lanes, int64_t n, int64_t base) {
-      std::memset(dst + base * e, 0, size_t(group * e) * sizeof(U));  // margins; stays in L2
-      for (int64_t u = 0; u < h; ++u) {
-        const int64_t r = u / q.sh + q.r0;
-        if (r >= q.rows) continue;
-        const int64_t* ct = cols.data() + (u % q.sh) * w;
-        for (int64_t v = 0; v < w; ++v) {
-          if (ct[v] < 0) continue;
-          U* d = dst + (base + r * q.cols + ct[v]) * e;
-          for (int64_t l = 0; l < n; ++l) d[l] = lanes[l][u * w + v];
-        }
-      }
-    });
-  });
-  return out;
-}
-
-// Element offsets within an NCHW channel [H, W] of the grid positions of each stride phase
-// of a grid (rows x cols per phase): [nph][rows * cols], -1 outside the tensor.
-std::vector<int64_t> position_table(const ConvGeom& g, bool phases, int64_t rows, int64_t cols,
-                                    int64_t h, int64_t w) {
-  const int64_t nph = phases ? g.nph : 1, sh = phases ? g.sh : 1, sw = phases ? g.sw : 1;
-  std::vector<int64_t> t(size_t(nph * rows * cols), -1);
-  for (int64_t a = 0; a < sh; ++a)
-    for (int64_t bb = 0; bb < sw; ++bb) {
-      const int64_t f = phases ? g.phase[size_t(a * sw + bb)] : 0;
-      if (f < 0) continue;
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) {
-          const int64_t u = sh * r + a, v = sw * c + bb;
-          if (u < h && v < w) t[size_t((f * rows + r) * cols + c)] = u * w + v;
-        }
-    }
-  return t;
-}
+#include "sconv_layout.h"  // unit layout copies, workspaces, ConvOut, from_units
 
 // ---------------------------------------------------------------- entry tables
 // Forward / weight-gradient table: one plane per output channel, valid slots in order.
@@ -186,6 +97,7 @@ ConvTable forward_table(const at::Tensor& index, const ConvGeom& g, const char* 
       t.offs.push_back(int32_t(g.fwd_offset(c / g.taps(), c % g.taps())));
       t.slot.push_back(int32_t(j));
       t.pos.push_back(int32_t(o * k + j));
+      t.src.push_back(int32_t(c / g.taps()));
     }
     t.ptr[size_t(o + 1)] = int64_t(t.offs.size());
   }
@@ -204,10 +116,12 @@ ConvTable backward_table(const ConvTable& fwd, const at::Tensor& index, const Co
   std::vector<int64_t> next(t.ptr.begin(), t.ptr.end() - 1);
   t.offs.resize(fwd.pos.size());
   t.pos.resize(fwd.pos.size());
+  t.src.resize(fwd.pos.size());
   for (int32_t p : fwd.pos) {
     const int64_t c = idx[p], o = p / k, q = next[size_t(plane_of(c))]++;
     t.offs[size_t(q)] = int32_t(g.bwd_offset(o, c % g.taps()));
     t.pos[size_t(q)] = p;
+    t.src[size_t(q)] = int32_t(o);
   }
   (void)n_out;
   return t;
@@ -265,36 +179,65 @@ void check_activation(const at::Tensor& t, const char* op, const char* name) {
 }
 
 // ---------------------------------------------------------------- operators
-// Where the AXPY writes: the NCHW result and the NCHW offsets of each out grid position.
-struct ConvOut {
-  at::Tensor* out;
-  int64_t nph;
-  std::vector<int64_t> pos_off;
+int64_t env_bytes(const char* name, int64_t fallback) {
+  const char* e = std::getenv(name);
+  return e ? std::max<int64_t>(1, std::atoll(e)) : fallback;
+}
+
+// Source channels per band: as many as keep the units that `block` consecutive out
+// positions read (every plane of a channel, all rows and columns the taps reach) within
+// SPARSE_RUN_SCONV_L1 bytes. The estimate counts whole rows and columns in reach, ~1.5x the
+// units really read; the default 64 KiB (measured best on a 48 KiB L1, flat 64-96 KiB) keeps
+// the true band at ~40 KiB.
+enum BandLevel { kBandL1, kBandL2 };
+int64_t band_channels(const ConvGeom& g, int64_t planes_per_ch, int64_t src_rows,
+                      int64_t src_cols, int64_t ocols, int64_t block, BandLevel level = kBandL1) {
+  static const int64_t budgets[2] = {env_bytes("SPARSE_RUN_SCONV_L1", int64_t(64) << 10),
+                                     env_bytes("SPARSE_RUN_SCONV_L2", int64_t(1) << 20)};
+  const int64_t budget = budgets[level];
+  const int64_t rows = std::min(src_rows, ceil_div(block, ocols) + 1 + g.dimax - g.dimin);
+  const int64_t cols = std::min(src_cols, std::min(block, ocols) + g.djmax - g.djmin);
+  return std::max<int64_t>(1, budget / (planes_per_ch * rows * cols * 64));
+}
+
+// The source of an AXPY: its unit buffer, units per chunk and per row, and its channels
+// (cut in bands of `per`).
+struct ConvSrc {
+  const at::Tensor* units;
+  int64_t chunk_units, cols, channels, per;
 };
 
 template <typename S>
-void run_axpy(const ConvTable& t, const at::Tensor& values, const at::Tensor& src,
-              int64_t src_chunk, int64_t src_cols, const ConvOut& dst, int64_t n_out,
-              int64_t orows, int64_t ocols) {
+void run_axpy(const ConvTable& t, const at::Tensor& values, const ConvSrc& src,
+              const ConvOut& dst, int64_t n_out, int64_t orows, int64_t ocols) {
   using T = conv_raw_t<S>;
   using A = conv_acc_t<S>;
   const std::vector<A> vals = table_values<A>(values, t);
+  const int64_t nband = ceil_div(src.channels, src.per);
+  const std::vector<int64_t> ptr = band_ptr(t, src.per, nband);
   at::Tensor& out = *dst.out;
   const int64_t nb = out.size(0), e = 64 / out.element_size(), nchunk = ceil_div(nb, e);
   const int64_t np = orows * ocols, nblk = ceil_div(np, base::kConvBlock);
+  const int64_t scratch = n_out * base::kConvBlock * (sizeof(T) == 2 ? 2 : 1) * 64;
+  const at::Tensor res =
+      workspace(2, nchunk * n_out * np * e, std::is_same_v<A, double> ? at::kDouble : at::kFloat);
   on_conv_isa([&](auto kern) {
     using K = decltype(kern);
     const typename K::template Axpy<T> q{
-        t.ptr.data(), t.offs.data(), vals.data(), reinterpret_cast<const T*>(src.data_ptr()),
-        src_chunk, src_cols, n_out, orows, ocols, reinterpret_cast<T*>(out.data_ptr()), nb,
-        dst.nph, out.stride(0), out.stride(1), dst.pos_off.data()};
+        ptr.data(), nband, t.offs.data(), vals.data(),
+        reinterpret_cast<const T*>(src.units->data_ptr()), src.chunk_units, src.cols, n_out,
+        orows, ocols, reinterpret_cast<typename K::template Vec<T>*>(res.data_ptr())};
     at::parallel_for(0, nchunk * nblk, 1, [&](int64_t b0, int64_t b1) {
+      std::unique_ptr<void, decltype(&std::free)> acc(std::aligned_alloc(64, size_t(scratch)),
+                                                      &std::free);
+      TORCH_CHECK(acc, "sparse_run::sconv: out of memory for the accumulator scratch");
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t p0 = (b % nblk) * base::kConvBlock;
-        K::axpy(q, b / nblk, p0, std::min(np, p0 + base::kConvBlock));
+        K::axpy(q, b / nblk, p0, std::min(np, p0 + base::kConvBlock), acc.get());
       }
     });
   });
+  from_units<T>(res.data_ptr<A>(), dst, n_out, np);
 }
 
 at::Tensor sconv_forward(const at::Tensor& x, const at::Tensor& values, const at::Tensor& index,
@@ -311,11 +254,13 @@ at::Tensor sconv_forward(const at::Tensor& x, const at::Tensor& values, const at
   const ConvTable t = forward_table(idx, g, op);
   if (b == 0 || n_out == 0) return at::zeros({b, n_out, g.oh, g.ow}, x.options());
   const int64_t rows = g.fwd_rows(), cols = g.fwd_cols();
-  const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin));
+  const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin), 0);
   at::Tensor y = at::empty({b, n_out, g.oh, g.ow}, x.options());
   const ConvOut dst{&y, 1, position_table(g, false, g.oh, g.ow, g.oh, g.ow)};
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "sconv_forward", [&] {
-    run_axpy<scalar_t>(t, values, xs, g.c * g.nph * rows * cols, cols, dst, n_out, g.oh, g.ow);
+    const int64_t per = band_channels(g, g.nph, rows, cols, g.ow, base::kConvBlock);
+    run_axpy<scalar_t>(t, values, {&xs, g.c * g.nph * rows * cols, cols, g.c, per}, dst, n_out,
+                       g.oh, g.ow);
   });
   return y;
 }
@@ -339,13 +284,15 @@ at::Tensor sconv_backward_input(const at::Tensor& grad, const at::Tensor& values
   const ConvTable t = backward_table(forward_table(idx, g, op), idx, g);
   if (b == 0) return at::zeros({b, g.c, g.h, g.w}, grad.options());
   const int64_t rows = g.bwd_rows(), cols = g.bwd_cols(), planes = g.c * g.nph;
-  const at::Tensor dys = to_units(grad, plain_grid(rows, cols, g.dimax, g.djmax));
+  const at::Tensor dys = to_units(grad, plain_grid(rows, cols, g.dimax, g.djmax), 1);
   // Every element of dx is written unless some stride phase has no tap (e.g. 1x1, stride 2).
   at::Tensor dx = g.nph < g.sh * g.sw ? at::zeros({b, g.c, g.h, g.w}, grad.options())
                                       : at::empty({b, g.c, g.h, g.w}, grad.options());
   const ConvOut dst{&dx, g.nph, position_table(g, true, g.hb(), g.wb(), g.h, g.w)};
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "sconv_backward_input", [&] {
-    run_axpy<scalar_t>(t, values, dys, n_out * rows * cols, cols, dst, planes, g.hb(), g.wb());
+    const int64_t per = band_channels(g, 1, rows, cols, g.wb(), base::kConvBlock);
+    run_axpy<scalar_t>(t, values, {&dys, n_out * rows * cols, cols, n_out, per}, dst, planes,
+                       g.hb(), g.wb());
   });
   return dx;
 }
@@ -372,17 +319,27 @@ at::Tensor sconv_backward_weight(const at::Tensor& grad, const at::Tensor& x,
   if (b == 0 || n_out == 0) return acc.to(x.scalar_type());
   const int64_t e = 64 / x.element_size(), nchunk = ceil_div(b, e);
   const int64_t rows = g.fwd_rows(), cols = g.fwd_cols();
-  const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin));
-  const at::Tensor dys = to_units(grad, plain_grid(g.oh, g.ow, 0, 0));
+  const at::Tensor xs = to_units(x, phase_grid(g, rows, cols, -g.dimin, -g.djmin), 0);
+  // dy planes 8 units apart from a multiple of 64 lines: the weight gradient reads one tile
+  // of every out plane in turn, which would otherwise fall into the same L1 sets.
+  UnitGrid dy_grid = plain_grid(g.oh, g.ow, 0, 0);
+  dy_grid.pad = (g.oh * g.ow) % 64 == 0 ? 8 : 0;
+  const at::Tensor dys = to_units(grad, dy_grid, 1);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "sconv_backward_weight", [&] {
     using T = conv_raw_t<scalar_t>;
     using A = conv_acc_t<scalar_t>;
+    // Bands sized for L2 here: each (out plane, band) reloads its dy tile and ends on single
+    // horizontal sums, so L1-sized bands measured slower.
+    const int64_t per = band_channels(g, g.nph, rows, cols, g.ow, base::kSddmmTile<T>, kBandL2);
+    const int64_t nband = ceil_div(g.c, per);
+    const std::vector<int64_t> ptr = band_ptr(t, per, nband);
     on_conv_isa([&](auto kern) {
       using K = decltype(kern);
       const typename K::template Sddmm<T> q{
-          t.ptr.data(), t.offs.data(), t.slot.data(),
+          ptr.data(), nband, t.offs.data(), t.slot.data(),
           reinterpret_cast<const T*>(dys.data_ptr()), reinterpret_cast<const T*>(xs.data_ptr()),
-          g.c * g.nph * rows * cols, cols, nchunk, n_out, g.oh, g.ow, k, acc.data_ptr<A>()};
+          g.c * g.nph * rows * cols, cols, g.oh * g.ow + dy_grid.pad, nchunk, n_out, g.oh, g.ow,
+          k, acc.data_ptr<A>()};
       const int64_t grain = std::max<int64_t>(1, ceil_div(n_out, at::get_num_threads()));
       at::parallel_for(0, n_out, grain, [&](int64_t o0, int64_t o1) { K::sddmm(q, o0, o1); });
     });

@@ -71,10 +71,29 @@ struct ConvGeom {
 };
 
 // A CSR list of kernel entries: plane r owns [ptr[r], ptr[r + 1]).
+// src: the source channel an entry reads (bands of source channels are cut on it); within a
+// plane the entries are sorted by it.
 struct ConvTable {
   std::vector<int64_t> ptr;
-  std::vector<int32_t> offs, slot, pos;  // pos: flat position in values / index
+  std::vector<int32_t> offs, slot, pos, src;  // pos: flat position in values / index
 };
+
+// Bands of `per` consecutive source channels: ptr of the (plane, band) lists of table t,
+// [planes * nband + 1] (entries of a plane are sorted by source channel, so each list is a
+// contiguous run).
+inline std::vector<int64_t> band_ptr(const ConvTable& t, int64_t per, int64_t nband) {
+  const int64_t planes = int64_t(t.ptr.size()) - 1;
+  std::vector<int64_t> out(size_t(planes * nband + 1));
+  for (int64_t r = 0; r < planes; ++r) {
+    int64_t q = t.ptr[size_t(r)];
+    for (int64_t b = 0; b < nband; ++b) {
+      out[size_t(r * nband + b)] = q;
+      while (q < t.ptr[size_t(r + 1)] && t.src[size_t(q)] / per == b) ++q;
+    }
+  }
+  out.back() = planes ? t.ptr.back() : 0;
+  return out;
+}
 
 }  // namespace cpu
 }  // namespace sparse_run

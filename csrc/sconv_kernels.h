@@ -21,41 +21,62 @@
 
 #include "cpu_vec.h"  // acc_t, vec_t, Chunk, to_acc / from_acc, hsum, hsum4
 
-constexpr int kConvAhead = 3;  // entries to prefetch ahead
+// A 64-byte store that bypasses the caches (the includer sets SCONV_STREAM to the vector
+// width its instruction set has: 512, 256, or none for a plain store); conv_stream_fence
+// orders them before the results are read by another thread.
+template <typename V> static inline void conv_stream(V* p, const V& v) {
+#if defined(SCONV_STREAM) && SCONV_STREAM == 512
+  __m512i w;
+  std::memcpy(&w, &v, 64);
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(p), w);
+#elif defined(SCONV_STREAM) && SCONV_STREAM == 256
+  __m256i w[2];
+  std::memcpy(w, &v, 64);
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), w[0]);
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p) + 1, w[1]);
+#else
+  *p = v;
+#endif
+}
+static inline void conv_stream_fence() {
+#if defined(SCONV_STREAM)
+  _mm_sfence();
+#endif
+}
 
 template <typename T> constexpr int conv_tile() { return 8 / Chunk<T>::nvec; }  // units per tile
 
 template <typename T> struct ConvAxpy {
-  const int64_t* ptr;      // [n_out + 1]: entries of out plane o are [ptr[o], ptr[o + 1])
+  // Entries of out plane o whose source channel lies in band b are
+  // [ptr[o * nband + b], ptr[o * nband + b + 1]) (a band's source units stay in L1).
+  const int64_t* ptr;      // [n_out * nband + 1]
+  int64_t nband;
   const int32_t* offs;     // [nnz] source offset of each entry (units, from a chunk's base)
   const acc_t<T>* vals;    // [nnz]
   const T* src;
   int64_t src_chunk;       // units per chunk of the source
   int64_t src_cols;        // units per source row
   int64_t n_out, orows, ocols;  // out planes and their grid
-  // Results go straight to the NCHW tensor out [nb, n_out / nph, H, W]: out plane o is
-  // channel o / nph, stride phase o % nph, and grid position p of phase f lands at element
-  // pos_off[f * orows * ocols + p] of the channel (-1: outside the tensor, dropped).
-  T* out;
-  int64_t nb, nph, sample_stride, channel_stride;
-  const int64_t* pos_off;
+  // Results: units of accumulators res [chunk][n_out][orows * ocols][nvec vectors], which
+  // the glue scatters to NCHW plane by plane (stores straight from the kernel would touch
+  // one page per sample and out plane of a block: TLB-bound).
+  vec_t<T>* res;
 };
 
-// One tile of NT output units of plane o whose homes in the source are sp[0..NT): the
-// accumulators, spilled to acc (NT * nvec vectors).
+// One tile of NT output units whose homes in the source are sp[0..NT), over the entries
+// [p, e): the accumulators start from in (or zero when fresh); the first n units go to out,
+// with non-temporal stores when stream (the result buffer is read back only after the whole
+// call: caching it would cost a read for ownership of every line).
 template <int NT, typename T>
-static inline void conv_axpy_tile(const ConvAxpy<T>& q, int64_t o, const T* const* sp,
-                                  vec_t<T>* out) {
+static inline void conv_axpy_tile(const ConvAxpy<T>& q, int64_t p, int64_t e,
+                                  const T* const* sp, const vec_t<T>* in, bool fresh,
+                                  vec_t<T>* out, int n, bool stream) {
   using V = vec_t<T>;
   using C = Chunk<T>;
   constexpr int NV = NT * C::nvec;
-  V acc[NV] = {};
-  const int64_t e = q.ptr[o + 1];
-  for (int64_t p = q.ptr[o]; p < e; ++p) {
-    if (p + kConvAhead < e) {  // entries are random planes: fetch the tile ahead
-      const int64_t f = int64_t(q.offs[p + kConvAhead]) * C::elems;
-      for (int k = 0; k < NT; ++k) __builtin_prefetch(sp[k] + f);
-    }
+  V acc[NV];
+  for (int k = 0; k < NV; ++k) acc[k] = fresh ? V{} : in[k];
+  for (; p < e; ++p) {
     const int64_t off = int64_t(q.offs[p]) * C::elems;
     const acc_t<T> v = q.vals[p];
     for (int k = 0; k < NT; ++k) {
@@ -64,30 +85,15 @@ static inline void conv_axpy_tile(const ConvAxpy<T>& q, int64_t o, const T* cons
       for (int h = 0; h < C::nvec; ++h) acc[k * C::nvec + h] += v * x[h];
     }
   }
-  for (int k = 0; k < NV; ++k) out[k] = acc[k];
-}
-
-// Scatter n units (positions t0..t0 + n of plane o, chunk ch) from the accumulators to NCHW.
-template <typename T>
-static inline void conv_store_nchw(const ConvAxpy<T>& q, int64_t ch, int64_t o, int64_t t0,
-                                   int n, const vec_t<T>* acc) {
-  using A = acc_t<T>;
-  using C = Chunk<T>;
-  constexpr int VE = int(64 / sizeof(A));  // accumulators per vector
-  A tmp[conv_tile<T>() * C::nvec * VE];
-  std::memcpy(tmp, acc, sizeof(tmp));
-  const int64_t lanes = q.nb - ch * C::elems < C::elems ? q.nb - ch * C::elems : C::elems;
-  const int64_t* po = q.pos_off + (o % q.nph) * q.orows * q.ocols + t0;
-  T* base = q.out + ch * C::elems * q.sample_stride + (o / q.nph) * q.channel_stride;
-  for (int k = 0; k < n; ++k) {
-    if (po[k] < 0) continue;
-    T* d = base + po[k];
-    const A* u = tmp + k * C::nvec * VE;
-    for (int64_t l = 0; l < lanes; ++l) d[l * q.sample_stride] = from_acc<T>(u[C::lane(int(l))]);
+  if (!stream) {
+    for (int k = 0; k < NV; ++k) out[k] = acc[k];
+    return;
   }
+  for (int k = 0; k < NV; ++k)
+    if (k < n * C::nvec) conv_stream(out + k, acc[k]);
 }
 
-constexpr int64_t kConvBlock = 16;  // output positions per task (source band stays in L2)
+constexpr int64_t kConvBlock = 16;  // output positions per task
 
 // Homes in a source of row length src_cols of output positions [p0, p1) (grid of ocols).
 static inline void conv_homes(int64_t p0, int64_t p1, int64_t ocols, int64_t src_cols,
@@ -95,45 +101,72 @@ static inline void conv_homes(int64_t p0, int64_t p1, int64_t ocols, int64_t src
   for (int64_t p = p0; p < p1; ++p) home[p - p0] = (p / ocols) * src_cols + p % ocols;
 }
 
-// All out planes, positions [p0, p1) (p1 - p0 <= kConvBlock) of one batch chunk.
+// All out planes, positions [p0, p1) (p1 - p0 <= kConvBlock) of one batch chunk. Bands of
+// source channels in turn (their units stay in L1 while every out plane reads them); the
+// accumulators of all out planes wait in acc [n_out][kConvBlock units] between bands (L2).
 template <typename T>
-static void conv_axpy_block(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1) {
-  constexpr int NT = conv_tile<T>(), E = Chunk<T>::elems;
+static void conv_axpy_block(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1,
+                            vec_t<T>* acc) {
+  constexpr int NT = conv_tile<T>(), E = Chunk<T>::elems, NV = Chunk<T>::nvec;
   int64_t home[kConvBlock];
   conv_homes(p0, p1, q.ocols, q.src_cols, home);
   const T* src = q.src + chunk * q.src_chunk * E;
-  vec_t<T> acc[NT * Chunk<T>::nvec];
-  for (int64_t o = 0; o < q.n_out; ++o) {
-    for (int64_t t0 = p0; t0 < p1; t0 += NT) {
-      const int n = int(p1 - t0 < NT ? p1 - t0 : NT);
-      const T* sp[NT];
-      for (int k = 0; k < NT; ++k) sp[k] = src + home[t0 - p0 + (k < n ? k : n - 1)] * E;
-      conv_axpy_tile<NT>(q, o, sp, acc);
-      conv_store_nchw(q, chunk, o, t0, n, acc);
+  for (int64_t b = 0; b < q.nband; ++b) {
+    const bool first = b == 0, last = b == q.nband - 1;
+    for (int64_t o = 0; o < q.n_out; ++o) {
+      const int64_t p = q.ptr[o * q.nband + b], e = q.ptr[o * q.nband + b + 1];
+      if (p == e && !first && !last) continue;
+      for (int64_t t0 = p0; t0 < p1; t0 += NT) {
+        const int n = int(p1 - t0 < NT ? p1 - t0 : NT);
+        const T* sp[NT];
+        for (int k = 0; k < NT; ++k) sp[k] = src + home[t0 - p0 + (k < n ? k : n - 1)] * E;
+        vec_t<T>* io = acc + (o * kConvBlock + (t0 - p0)) * NV;  // between bands
+        vec_t<T>* res = q.res + ((chunk * q.n_out + o) * q.orows * q.ocols + t0) * NV;
+        conv_axpy_tile<NT>(q, p, e, sp, io, first, last ? res : io, n, last);
+      }
     }
   }
+  conv_stream_fence();
 }
 
 template <typename T> struct ConvSddmm {
-  const int64_t* ptr;      // [n_out + 1] entries of each out plane (valid slots only)
+  const int64_t* ptr;      // [n_out * nband + 1] entries of (out plane, source band), as ConvAxpy
+  int64_t nband;
   const int32_t* offs;     // [nnz] source offset (units) of each entry in the x layout
   const int32_t* slot;     // [nnz] column of the entry in the [n_out, k] result
   const T* dy;             // [chunk][n_out][orows * ocols] units
   const T* x;              // source layout of the forward
   int64_t x_chunk, x_cols;
+  int64_t dy_plane;        // units per dy plane (orows * ocols and a pad)
   int64_t nchunk, n_out, orows, ocols, k;
   acc_t<T>* acc;           // [n_out, k] partial sums, zeroed by the caller
 };
 
+// Where the units of a weight-gradient tile live in the source: any homes (one pointer per
+// unit), or two runs of NT / 2 consecutive units (a tile within one row, or two rows of 8:
+// every load is then a constant offset from two pointers, which frees the registers the
+// pointer list would spill to the stack and reload on every entry).
+template <typename T> struct AnyHomes {
+  const T* const* sp;
+  template <int NT> const T* at(int k) const { return sp[k]; }
+};
+template <typename T> struct TwoRuns {
+  const T* s0;
+  const T* s1;
+  template <int NT> const T* at(int k) const {
+    return k < NT / 2 ? s0 + k * Chunk<T>::elems : s1 + (k - NT / 2) * Chunk<T>::elems;
+  }
+};
+
 // Partial dot of one entry over a tile, as a vector (dd: the tile of dy in registers).
-template <int NT, typename T>
-static inline vec_t<T> conv_dot(const vec_t<T>* dd, const T* const* sp, int64_t off) {
+template <int NT, typename T, typename S>
+static inline vec_t<T> conv_dot(const vec_t<T>* dd, const S& src, int64_t off) {
   using V = vec_t<T>;
   using C = Chunk<T>;
   V a = {}, b = {};
   for (int k = 0; k < NT; ++k) {
     V x[C::nvec];
-    C::load(sp[k] + off, x);
+    C::load(src.template at<NT>(k) + off, x);
     for (int h = 0; h < C::nvec; ++h) {
       if ((k * C::nvec + h) & 1) b += dd[k * C::nvec + h] * x[h];
       else a += dd[k * C::nvec + h] * x[h];
@@ -142,13 +175,55 @@ static inline vec_t<T> conv_dot(const vec_t<T>* dd, const T* const* sp, int64_t 
   return a + b;
 }
 
-// Weight gradient of out planes [o0, o1): every chunk and tile, dy tile held in registers
-// across the plane's entries, entries four at a time for hsum4.
-template <typename T> static void conv_sddmm_rows(const ConvSddmm<T>& q, int64_t o0, int64_t o1) {
+// Entries [p, e) of out plane o over one tile (n units of dy at dyp, sources src): the dy
+// tile stays in registers, entries go four at a time through hsum4.
+template <int NT, typename T, typename S>
+static inline void conv_sddmm_tile(const ConvSddmm<T>& q, int64_t o, int64_t p, int64_t e,
+                                   const S& src, const T* dyp, int n) {
   using A = acc_t<T>;
   using V = vec_t<T>;
   using C = Chunk<T>;
-  constexpr int NT = conv_tile<T>(), E = C::elems, NV = NT * C::nvec;
+  constexpr int E = C::elems, NV = NT * C::nvec;
+  V dd[NV];
+  for (int k = 0; k < NT; ++k) {  // fixed trip count: a variable one became a rep movs
+    if (k < n) C::load(dyp + k * E, dd + k * C::nvec);
+    else for (int h = 0; h < C::nvec; ++h) dd[k * C::nvec + h] = V{};
+  }
+  A* out = q.acc + o * q.k;
+  for (; p + 4 <= e; p += 4) {
+    const V a[4] = {conv_dot<NT, T>(dd, src, int64_t(q.offs[p]) * E),
+                    conv_dot<NT, T>(dd, src, int64_t(q.offs[p + 1]) * E),
+                    conv_dot<NT, T>(dd, src, int64_t(q.offs[p + 2]) * E),
+                    conv_dot<NT, T>(dd, src, int64_t(q.offs[p + 3]) * E)};
+    A part[4];
+    hsum4(a, part);
+    for (int r = 0; r < 4; ++r) out[q.slot[p + r]] += part[r];
+  }
+  for (; p < e; ++p) out[q.slot[p]] += hsum<V, A>(conv_dot<NT, T>(dd, src, int64_t(q.offs[p]) * E));
+}
+
+// One tile, all bands, out planes [o0, o1).
+template <int NT, typename T, typename S>
+static void conv_sddmm_bands(const ConvSddmm<T>& q, int64_t o0, int64_t o1, int64_t chunk,
+                             int64_t t0, const S& src, int n) {
+  constexpr int E = Chunk<T>::elems;
+  for (int64_t b = 0; b < q.nband; ++b) {  // a band's source units stay in cache
+    for (int64_t o = o0; o < o1; ++o) {
+      const int64_t p = q.ptr[o * q.nband + b], e = q.ptr[o * q.nband + b + 1];
+      const T* dyp = q.dy + ((chunk * q.n_out + o) * q.dy_plane + t0) * E;
+      if (p < e) conv_sddmm_tile<NT>(q, o, p, e, src, dyp, n);
+    }
+  }
+}
+
+// Units per weight-gradient tile: twice the AXPY's (16 dy vectors in registers), which halves
+// the horizontal sums and result updates per FMA.
+template <typename T> constexpr int kSddmmTile = 2 * conv_tile<T>();
+
+// Weight gradient of out planes [o0, o1): every chunk and tile, bands of source channels in
+// turn, each (out plane, band) list against the plane's dy tile.
+template <typename T> static void conv_sddmm_rows(const ConvSddmm<T>& q, int64_t o0, int64_t o1) {
+  constexpr int NT = kSddmmTile<T>, E = Chunk<T>::elems;
   const int64_t np = q.orows * q.ocols;
   int64_t home[NT];
   for (int64_t chunk = 0; chunk < q.nchunk; ++chunk) {
@@ -156,27 +231,17 @@ template <typename T> static void conv_sddmm_rows(const ConvSddmm<T>& q, int64_t
     for (int64_t t0 = 0; t0 < np; t0 += NT) {
       const int n = int(np - t0 < NT ? np - t0 : NT);
       conv_homes(t0, t0 + n, q.ocols, q.x_cols, home);
+      bool runs = n == NT;
+      for (int k = 1; k < NT && runs; ++k)
+        runs = k == NT / 2 || home[k] == home[k - 1] + 1;
+      if (runs) {
+        conv_sddmm_bands<NT>(q, o0, o1, chunk, t0,
+                             TwoRuns<T>{xs + home[0] * E, xs + home[NT / 2] * E}, n);
+        continue;
+      }
       const T* sp[NT];
       for (int k = 0; k < NT; ++k) sp[k] = xs + home[k < n ? k : n - 1] * E;
-      for (int64_t o = o0; o < o1; ++o) {
-        const T* dyp = q.dy + ((chunk * q.n_out + o) * np + t0) * E;
-        V dd[NV] = {};
-        for (int k = 0; k < n; ++k) C::load(dyp + k * E, dd + k * C::nvec);
-        A* out = q.acc + o * q.k;
-        int64_t p = q.ptr[o];
-        const int64_t e = q.ptr[o + 1];
-        for (; p + 4 <= e; p += 4) {
-          const V a[4] = {conv_dot<NT>(dd, sp, int64_t(q.offs[p]) * E),
-                          conv_dot<NT>(dd, sp, int64_t(q.offs[p + 1]) * E),
-                          conv_dot<NT>(dd, sp, int64_t(q.offs[p + 2]) * E),
-                          conv_dot<NT>(dd, sp, int64_t(q.offs[p + 3]) * E)};
-          A part[4];
-          hsum4(a, part);
-          for (int r = 0; r < 4; ++r) out[q.slot[p + r]] += part[r];
-        }
-        for (; p < e; ++p)
-          out[q.slot[p]] += hsum<V, A>(conv_dot<NT>(dd, sp, int64_t(q.offs[p]) * E));
-      }
+      conv_sddmm_bands<NT>(q, o0, o1, chunk, t0, AnyHomes<T>{sp}, n);
     }
   }
 }
@@ -185,9 +250,10 @@ template <typename T> static void conv_sddmm_rows(const ConvSddmm<T>& q, int64_t
 struct ConvKernels {
   template <typename T> using Axpy = ConvAxpy<T>;
   template <typename T> using Sddmm = ConvSddmm<T>;
+  template <typename T> using Vec = vec_t<T>;
   template <typename T>
-  static void axpy(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1) {
-    conv_axpy_block(q, chunk, p0, p1);
+  static void axpy(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1, void* acc) {
+    conv_axpy_block(q, chunk, p0, p1, static_cast<vec_t<T>*>(acc));
   }
   template <typename T> static void sddmm(const ConvSddmm<T>& q, int64_t o0, int64_t o1) {
     conv_sddmm_rows(q, o0, o1);

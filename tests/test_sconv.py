@@ -2,10 +2,14 @@
 
 Every instruction set this CPU supports, every dtype, strides 1/2/3, padding, kernel sizes
 1..5 (non-square), odd shapes, batches that are not a multiple of the 64-byte chunk, the
-empty batch; padded ELL slots never contribute and never get a gradient; gradcheck,
+empty batch, source channels cut in several bands (and one band per channel); padded ELL slots never contribute and never get a gradient; gradcheck,
 opcheck and torch.compile.
 """
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -56,7 +60,11 @@ TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=2e-
 CASES = [(3, 5, 7, 9, 11, (3, 3), (1, 1), (1, 1)), (17, 4, 6, 8, 8, (3, 3), (2, 2), (1, 1)),
          (2, 3, 4, 7, 6, (1, 1), (2, 2), (0, 0)), (5, 3, 4, 10, 9, (5, 3), (2, 1), (2, 0)),
          (33, 8, 5, 4, 4, (3, 3), (1, 1), (2, 2)), (1, 2, 3, 5, 5, (2, 4), (3, 2), (1, 3)),
-         (40, 6, 9, 7, 7, (3, 3), (2, 2), (1, 1)), (0, 3, 4, 6, 6, (3, 3), (1, 1), (1, 1))]
+         (40, 6, 9, 7, 7, (3, 3), (2, 2), (1, 1)), (0, 3, 4, 6, 6, (3, 3), (1, 1), (1, 1)),
+         (6, 40, 24, 12, 12, (3, 3), (1, 1), (1, 1)),  # several source-channel bands
+         (20, 5, 6, 8, 16, (3, 3), (1, 1), (1, 1)), (18, 4, 5, 8, 8, (3, 3), (1, 1), (1, 1))]
+# the last two: weight-gradient tiles that are two runs of consecutive units (within a row
+# of 16, two rows of 8)
 
 
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
@@ -131,3 +139,13 @@ def test_bad_index_is_a_value_error():
         ops.sconv_forward(x, values, bad, [3, 3], [1, 1], [1, 1])
     with pytest.raises(ValueError, match="larger than the padded input"):
         ops.sconv_forward(x[:, :, :2, :2], values, idx, [3, 3], [1, 1], [0, 0])
+
+
+def test_one_channel_bands():
+    """Budgets of 1 byte: every source channel is its own band (most bands of a row empty),
+    in the forward, the input gradient and the weight gradient; same float64 checks."""
+    env = {**os.environ, "SPARSE_RUN_SCONV_L1": "1", "SPARSE_RUN_SCONV_L2": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+           "-k", "test_ops_match_dense_conv and (float64 or float32) and not b0_"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

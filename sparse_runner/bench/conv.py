@@ -7,7 +7,8 @@ One process, CIFAR-shaped inputs (synthetic data), ``--threads`` threads (defaul
   ``--layer-s``, with the masks RigL installs at setup: forward, gradient to the input and
   gradient to the weight, masked dense (``F.conv2d`` and its two gradients) against the
   sparse_run::sconv_* kernels, each timed alternately (medians), with achieved GFLOP/s
-  (useful FLOPs: 2 per multiply-add of nonzero weights);
+  (useful FLOPs: 2 per multiply-add of nonzero weights); ``--cpu-time`` adds single-thread
+  CPU-time medians (``cpu_1thread``), ``--models`` picks the models;
 * **steps**: one training step (TrainStep: forward, backward, masking, SGD) of dense
   ResNet-18 against the Sparse Wide ResNet-18 (``method=rigl``) with ``sparse.backend=masked``
   and ``condensed``, for each ``--s``; steps alternate dense / masked / condensed so load
@@ -39,6 +40,7 @@ from ..sparsity.backend import apply_backend
 from ..sparsity.backend_choice import layer_inputs
 from ..step import TrainStep
 
+MODELS = {"resnet18": "none", "wide": "wide"}  # per-layer part: name -> ift
 OPT = {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
 
 
@@ -52,6 +54,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip", choices=["layers", "steps"], default=None)
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                   help="models of the per-layer part")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="per layer also single-thread CPU time (time.process_time, medians): "
+                        "robust to other jobs on a shared machine")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     return p.parse_args(argv)
 
@@ -73,21 +80,41 @@ def _plan(args: argparse.Namespace, s: float, ift: str, backend: str) -> RunPlan
     return plan
 
 
-def _median_ms(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+def _median_ms(fns: dict[str, Callable[[], Any]], repeats: int,
+               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Each fn once to warm up, then ``repeats`` alternating rounds; medians in ms."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()
     for _ in range(repeats):
         for key, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[key].append(time.perf_counter() - t0)
+            times[key].append(clock() - t0)
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
+def _cpu_ms_one_thread(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Single-thread CPU-time medians (other jobs on the machine barely move these)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _median_ms(fns, repeats, time.process_time)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _ratios(t: dict[str, float], useful: float) -> dict[str, Any]:
+    dense = t["dense_fwd"] + t["dense_dx"] + t["dense_dw"]
+    sparse = t["sparse_fwd"] + t["sparse_dx"] + t["sparse_dw"]
+    return {"fwd_bwd_ratio": sparse / dense,
+            "gflops_s": {k: useful / (v * 1e-3) / 1e9 for k, v in t.items()}}
+
+
 def _layer_row(name: str, conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tensor,
-               layer: Any, repeats: int) -> dict[str, Any]:
+               layer: Any, repeats: int, cpu_time: bool = False) -> dict[str, Any]:
+    """fwd / dx / dW of masked dense and the kernels; GFLOP/s count useful FLOPs only (2 per
+    multiply-add of a nonzero weight), for dense too."""
     ops = torch.ops.sparse_run
     w = conv.weight.detach()
     geo = (list(conv.kernel_size), list(conv.stride), list(conv.padding))
@@ -96,23 +123,28 @@ def _layer_row(name: str, conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tensor,
     gy = torch.randn_like(y)
     idx = layer.idx
     values = w.flatten(1).gather(1, layer.gather_idx)
-    t = _median_ms({
+    fns = {
         "dense_fwd": lambda: F.conv2d(x, w, **kw),
         "dense_dx": lambda: nn_grad.conv2d_input(x.shape, w, gy, **kw),
         "dense_dw": lambda: nn_grad.conv2d_weight(x, w.shape, gy, **kw),
         "sparse_fwd": lambda: ops.sconv_forward(x, values, idx, *geo),
         "sparse_dx": lambda: ops.sconv_backward_input(gy, values, idx, list(x.shape[1:]), *geo),
-        "sparse_dw": lambda: ops.sconv_backward_weight(gy, x, idx, *geo)}, repeats)
+        "sparse_dw": lambda: ops.sconv_backward_weight(gy, x, idx, *geo)}
+    t = _median_ms(fns, repeats)
     nnz = int(mask.sum())
     useful = 2 * x.shape[0] * y.shape[2] * y.shape[3] * nnz  # FLOPs of one of the three products
     dense = t["dense_fwd"] + t["dense_dx"] + t["dense_dw"]
-    sparse = t["sparse_fwd"] + t["sparse_dx"] + t["sparse_dw"]
-    return {"name": name, "in_shape": list(x.shape), "out_channels": w.shape[0],
-            "kernel": list(conv.kernel_size), "stride": list(conv.stride),
-            "density": nnz / mask.numel(), "ell_k": int(idx.shape[1]), "ms": t,
-            "fwd_bwd_ratio": sparse / dense,
-            "gflops_s": {k: useful / (v * 1e-3) / 1e9 for k, v in t.items() if k.startswith("sparse")},
-            "dense_gflops_s": 3 * useful / mask.float().mean().item() / (dense * 1e-3) / 1e9}
+    row = {"name": name, "in_shape": list(x.shape), "out_channels": w.shape[0],
+           "kernel": list(conv.kernel_size), "stride": list(conv.stride),
+           "density": nnz / mask.numel(), "ell_k": int(idx.shape[1]), "ms": t,
+           **_ratios(t, useful),
+           "dense_gflops_s": 3 * useful / mask.float().mean().item() / (dense * 1e-3) / 1e9}
+    if cpu_time:
+        t1 = _cpu_ms_one_thread(fns, repeats)
+        r1 = _ratios(t1, useful)
+        row["cpu_1thread"] = {"ms": t1, "fwd_bwd_ratio": r1["fwd_bwd_ratio"],
+                              "gflops_s": r1["gflops_s"]}
+    return row
 
 
 def bench_layers(args: argparse.Namespace, ift: str) -> list[dict[str, Any]]:
@@ -131,9 +163,11 @@ def bench_layers(args: argparse.Namespace, ift: str) -> list[dict[str, Any]]:
     with torch.no_grad():
         for name, conv in convs.items():
             rows.append(_layer_row(name, conv, masks[name], inputs[id(conv)], by_name[name],
-                                   args.repeats))
+                                   args.repeats, args.cpu_time))
+            one = rows[-1].get("cpu_1thread", {}).get("fwd_bwd_ratio")
             print(f"  {ift:5} {name:28} {rows[-1]['in_shape']} -> {conv.out_channels}: "
-                  f"fwd+bwd {rows[-1]['fwd_bwd_ratio']:.3f}x masked", flush=True)
+                  f"fwd+bwd {rows[-1]['fwd_bwd_ratio']:.3f}x masked"
+                  + (f" (1-thread CPU time {one:.3f}x)" if one else ""), flush=True)
     return rows
 
 
@@ -190,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_avg_before": list(os.getloadavg()), "versions": versions(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     if args.skip != "layers":
-        out["layers"] = {"resnet18": bench_layers(args, "none"), "wide": bench_layers(args, "wide")}
+        out["layers"] = {m: bench_layers(args, MODELS[m]) for m in args.models}
         _write(out, args.out)
     if args.skip != "steps":
         out["steps"] = bench_steps(args, lambda rows: _write({**out, "steps": rows}, args.out))

@@ -45,7 +45,8 @@ import torch
 # (translation units, headers they include): all of them are hashed
 _SOURCES = (("cfi_cpu.cpp", "sconv_cpu.cpp"),
             ("cfi_kernels.h", "cfi_packed.h", "cfi_checks.h", "cfi_cpu_util.h", "cpu_vec.h",
-             "cpu_isa.h", "sconv_kernels.h", "sconv_geom.h"))
+             "cpu_isa.h", "cpu_transpose.h", "sconv_kernels.h", "sconv_geom.h",
+             "sconv_layout.h"))
 _CFLAGS = ("-O3", "-fopenmp", "-Wno-psabi")
 
 _lock = threading.Lock()
