@@ -89,13 +89,13 @@ def _median_ms(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, flo
 def _layer_row(name: str, conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tensor,
                layer: Any, repeats: int) -> dict[str, Any]:
     ops = torch.ops.sparse_run
-    w = conv.weight.detach()
+    w = layer.store.dense()     # the condensed layer's weight, dense (masked dense timing)
     geo = (list(conv.kernel_size), list(conv.stride), list(conv.padding))
     kw = dict(stride=conv.stride, padding=conv.padding)
     y = F.conv2d(x, w, **kw)
     gy = torch.randn_like(y)
-    idx = layer.idx
-    values = w.flatten(1).gather(1, layer.gather_idx)
+    idx = layer.store.index
+    values = layer.store.values.detach()
     t = _median_ms({
         "dense_fwd": lambda: F.conv2d(x, w, **kw),
         "dense_dx": lambda: nn_grad.conv2d_input(x.shape, w, gy, **kw),
