@@ -4,6 +4,7 @@ between the two backends (model and optimizer state) so a run resumes on either.
 from __future__ import annotations
 
 import copy
+import json
 import weakref
 
 import pytest
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import run_tiny
+from sparse_runner.export.report import main as export_main
 from sparse_runner.flops import trace_layers
 from sparse_runner.methods import build_method
 from sparse_runner.sparsity import SetupContext
@@ -222,3 +224,13 @@ def test_runner_resumes_on_the_other_backend(tmp_path):
         assert out["sparsity"]["global"] == full["sparsity"]["global"]
         assert out["metrics"]["train_loss"] == pytest.approx(full["metrics"]["train_loss"],
                                                              rel=2e-2)
+        for key in ("params_total", "params_nonzero"):  # condensed layers count as dense ones
+            assert out["model"][key] == full["model"][key]
+        assert [r["name"] for r in out["spectral"]["layers"]] == [
+            r["name"] for r in full["spectral"]["layers"]]
+    # the export reads a condensed run's checkpoint (tmp_path/masked ended condensed) as dense
+    for name in ("masked", "full"):
+        assert export_main([str(tmp_path / name)]) == 0
+    a, b = (json.loads((tmp_path / n / "export" / "storage.json").read_text())["total"]
+            for n in ("masked", "full"))
+    assert a == b

@@ -115,7 +115,12 @@ class MaskManager:
 
     @torch.no_grad()
     def mask_grads(self) -> None:
-        """Zero gradients at pruned positions: the one multi-tensor op of the hot path."""
+        """Zero gradients at pruned positions: the one multi-tensor op of the hot path.
+
+        Condensed layers have no pruned gradient entries; their dense leaves (a dense pass's
+        dense gradient) go here, as the masked backend's dense gradient does: it is read
+        (e.g. accumulated for a mask update) before this call, never after."""
+        self.release_views()
         pairs = [(p.grad, s) for p, s in zip(self.dense_params, self._scale)
                  if s is not None and p.grad is not None]
         if pairs:
