@@ -15,6 +15,7 @@ from torch import nn
 from conftest import run_tiny
 from sparse_runner.export.report import main as export_main
 from sparse_runner.flops import trace_layers
+from sparse_runner.report import main as report_main
 from sparse_runner.methods import build_method
 from sparse_runner.sparsity import SetupContext
 from sparse_runner.sparsity.backend import apply_backend
@@ -234,3 +235,10 @@ def test_runner_resumes_on_the_other_backend(tmp_path):
     a, b = (json.loads((tmp_path / n / "export" / "storage.json").read_text())["total"]
             for n in ("masked", "full"))
     assert a == b
+    # the converter as a command: the condensed checkpoint, stored dense, as the masked run's
+    last = tmp_path / "masked" / "checkpoints" / "last.pt"
+    assert report_main(["convert", str(last), "--to", "dense", "--out", str(tmp_path / "d.pt")]) == 0
+    dense = torch.load(tmp_path / "d.pt", weights_only=True)
+    ref = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    assert set(dense["model"]) == set(ref["model"]) and dense["param_names"] == ref["param_names"]
+    assert report_main(["convert", str(tmp_path / "nothing.pt"), "--to", "dense"]) == 2

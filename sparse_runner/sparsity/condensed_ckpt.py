@@ -133,3 +133,37 @@ def adapt(payload: Mapping[str, Any], model: nn.Module,
     per-layer choice may differ from the run that wrote it)."""
     masks = payload.get("masks") or {}
     return convert(payload, live_layout(model, masks), optimizer_names(model, optimizer))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sparse-run-report convert CHECKPOINT --to dense|condensed [--out PATH]``."""
+    import argparse
+    from pathlib import Path
+
+    from .. import checkpoint as ckpt
+    from ..errors import UserError
+
+    parser = argparse.ArgumentParser(
+        prog="sparse-run-report convert",
+        description="Store a checkpoint's sparse layers dense (sparse.backend=masked) or "
+                    "condensed (values + index), model and optimizer state; resume converts "
+                    "by itself, this is for other tools.")
+    parser.add_argument("checkpoint", type=Path, help="a .pt file written by sparse-run")
+    parser.add_argument("--to", required=True, choices=(DENSE, CONDENSED))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write (default: CHECKPOINT with .<to>.pt)")
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        raise UserError(f"no checkpoint at {args.checkpoint}; give a .pt file")
+    payload = ckpt.load(args.checkpoint)
+    if not isinstance(payload, dict) or not payload.get("masks") or "model" not in payload:
+        raise UserError(f"{args.checkpoint} holds no masked model (a dense run or not a "
+                        "sparse-run checkpoint): nothing to convert")
+    try:
+        out = convert_checkpoint(payload, args.to)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"cannot convert {args.checkpoint}: {exc}") from None
+    path = args.out or args.checkpoint.with_suffix(f".{args.to}.pt")
+    ckpt.save(path, out)
+    print(f"wrote {path} ({args.to})")
+    return 0

@@ -17,7 +17,7 @@ dense gradient :meth:`CondensedParam.dense_leaf` is a dense leaf the layer runs 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -181,16 +181,38 @@ def store_of(module: nn.Module) -> CondensedParam | None:
     return getattr(module, "_condensed", None)
 
 
-def dense_weights(model: nn.Module) -> dict[str, Tensor]:
-    """``name -> weight`` of every parameter, condensed layers' weights materialised dense
-    under their dense name (``layer.weight``): for reports that read weights, not training."""
-    out = dict(model.named_parameters())
-    for name, module in model.named_modules():
-        store = store_of(module)
-        if store is not None:
-            out.pop(f"{name}.values" if name else "values", None)
-            out[f"{name}.weight" if name else "weight"] = store.dense()
-    return out
+class DenseWeights(Mapping[str, Tensor]):
+    """``name -> weight`` of every parameter, a condensed layer's weight under its dense name
+    (``layer.weight``), materialised per access (one layer at a time): for reports that read
+    weights (spectral metrics), not for training."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._params = dict(model.named_parameters())
+        self._stores: dict[str, CondensedParam] = {}
+        for name, module in model.named_modules():
+            store = store_of(module)
+            if store is not None:
+                prefix = f"{name}." if name else ""
+                self._params.pop(prefix + "values", None)
+                self._stores[prefix + "weight"] = store
+
+    def __getitem__(self, name: str) -> Tensor:
+        store = self._stores.get(name)
+        return self._params[name] if store is None else store.dense()
+
+    def __contains__(self, name: object) -> bool:   # without materialising
+        return name in self._params or name in self._stores
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._params, *self._stores])
+
+    def __len__(self) -> int:
+        return len(self._params) + len(self._stores)
+
+
+def dense_weights(model: nn.Module) -> DenseWeights:
+    """The model's weights by dense name (:class:`DenseWeights`)."""
+    return DenseWeights(model)
 
 
 def dense_param_count(model: nn.Module) -> int:
