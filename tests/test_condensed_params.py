@@ -114,14 +114,16 @@ def test_no_dense_weight_is_a_parameter_or_outlives_the_update():
     nnz = sum(m.masks.nnz())
     sparse_numel = sum(p.numel() for n, p in names.items() if n.endswith(".values"))
     assert nnz <= sparse_numel <= 1.35 * nnz     # ELL: rows padded to the longest
-    leaves = []
-    for store in m.masks.stores:       # record every dense leaf the dense passes make
-        make = store.dense_leaf
+    leaves, grads = [], []
+    for store in m.masks.stores:       # record every dense tensor the dense-gradient steps make
+        make, add = store.dense_leaf, store.add_dense_grad
         store.dense_leaf = lambda make=make: leaves.append(weakref.ref(make())) or leaves[-1]()
+        store.add_dense_grad = lambda g, add=add, st=store: (
+            add(g), grads.append(weakref.ref(st._dense_grad)))
     events = train((model, m, optimizer, step), range(4))
-    assert leaves and any(events)                  # dense-gradient steps did happen
-    assert all(ref() is None for ref in leaves)    # ... and their dense weights are gone
-    assert all(store._leaf is None for store in m.masks.stores)
+    assert any(events) and len(leaves) == 2 and len(grads) == 4   # fc leaf; conv dense grads
+    assert all(ref() is None for ref in leaves + grads)           # ... all gone again
+    assert all(st._leaf is None and st._dense_grad is None for st in m.masks.stores)
     opt_params = [p for g in optimizer.param_groups for p in g["params"]]   # K changed: new ones
     assert {id(p) for p in opt_params} == {id(p) for p in model.parameters()}
     assert set(optimizer.state) == set(opt_params)

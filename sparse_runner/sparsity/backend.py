@@ -17,8 +17,9 @@ entries keep theirs, grown ones start at 0 with 0 state (condensed_params.py). C
 hold ``<layer>.values`` / ``<layer>.index`` (plus the masks, as always) and convert to and from
 the masked backend's dense layout on resume (condensed_ckpt.py). The methods are unchanged:
 ``MaskManager.params`` gives them dense views made on demand (magnitudes at mask updates),
-and on the steps where a method asks for the dense weight gradient (RigL-style growth) each
-layer runs dense on a materialised dense leaf whose ``.grad`` is that gradient.
+and on the steps where a method asks for the dense weight gradient (RigL-style growth) a
+convolution still runs the kernels and computes that gradient from its output gradient (a
+Linear layer runs dense on a materialised dense leaf); the dense view's ``.grad`` is it.
 
 Per-layer choice: given an example batch, each layer's kernel is timed against its dense
 forward+backward once at setup (backend_choice.py) and the faster one runs; layers the
@@ -27,11 +28,12 @@ kernels cannot run (grouped, dilated) stay dense. ``layers()`` lists the choices
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_weight
 
 from ..errors import UserError
 from ..kernels import cfi_linear, sconv2d
@@ -98,7 +100,7 @@ class CondensedBackend:
         choice: dict[str, Any] = {"name": layer.name, "run": layer.kernel}
         if x is not None:
             ms_kernel, ms_dense = time_layer(layer.module, layer.kernel_forward, x)
-            layer.store.values.grad = None
+            layer.store.values.grad = layer.module.weight.grad = None   # no dense grads pile up
             choice.update(ms_kernel=round(ms_kernel, 3), ms_dense=round(ms_dense, 3))
             if ms_dense < ms_kernel:
                 choice.update(run="dense", reason="dense was faster on the run's shapes")
@@ -140,9 +142,22 @@ class CondensedLayer:
         self._key = key
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.backend.dense and torch.is_grad_enabled():
+        if not (self.backend.dense and torch.is_grad_enabled()):
+            return self.kernel_forward(x)
+        if self.kernel != "sconv":
             return self.dense_forward(x, self.store.dense_leaf())
-        return self.kernel_forward(x)
+        y = self.kernel_forward(x)   # the dense weight gradient from dy, no dense weight
+        if y.requires_grad:
+            y.register_hook(self._dense_grad_hook(x))
+        return y
+
+    def _dense_grad_hook(self, x: Tensor) -> Callable[[Tensor], None]:
+        m, store = self.module, self.store
+
+        def hook(gy: Tensor) -> None:
+            store.add_dense_grad(conv2d_weight(x.detach().to(gy.dtype), store.shape, gy,
+                                               stride=m.stride, padding=m.padding))
+        return hook
 
     def dense_forward(self, x: Tensor, w: Tensor) -> Tensor:
         """The module's own computation on the dense weight ``w``."""

@@ -9,10 +9,12 @@ the old one's place in the module and in the optimizer (param groups and state),
 autograd keeps the shape of a leaf it has seen.
 
 Dense views exist only where a method needs them: :meth:`CondensedParam.dense` materialises
-the weight (no gradient, freed by the caller), and on the steps where the method wants the
-dense gradient :meth:`CondensedParam.dense_leaf` is a dense leaf the layer runs on; its
-``.grad`` is the dense gradient and a post-accumulate hook gathers it into ``values.grad``
-(overwritten by the running total, so gradient accumulation over micro-batches is exact).
+the weight (freed by the caller) with, on the steps where the method wants the dense
+gradient, that gradient as its ``.grad``. A convolution computes it from its output gradient
+(``conv2d_weight``, one layer at a time in the backward) while still running the kernels, so
+no dense weight exists even then; a Linear layer runs dense on :meth:`CondensedParam.dense_leaf`
+instead, whose gradient a post-accumulate hook gathers into ``values.grad`` (overwritten by
+the running total, so gradient accumulation over micro-batches is exact).
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ class CondensedParam:
         self.installed = False
         self.optimizer: torch.optim.Optimizer | None = None
         self._leaf: tuple[Tensor, int] | None = None
+        self._dense_grad: Tensor | None = None   # a dense pass's dense weight gradient
 
     @property
     def index(self) -> Tensor:
@@ -109,7 +112,7 @@ class CondensedParam:
             self._replace_values(self.values.detach().new_empty(saved.shape),
                                  lambda t: t.new_zeros(saved.shape))
             module.index = self.index.new_empty(saved.shape)
-            self._leaf = None
+            self.release()
 
     # ---- mask changes --------------------------------------------------------------------
     @torch.no_grad()
@@ -135,7 +138,7 @@ class CondensedParam:
             self.module.index = new
         else:
             self._index = new
-        self._leaf = None
+        self.release()
 
     # ---- dense views ---------------------------------------------------------------------
     @torch.no_grad()
@@ -144,7 +147,15 @@ class CondensedParam:
         the values are unchanged since it was made, else a fresh copy nobody else holds."""
         if self._leaf is not None and self._leaf[1] == self.values._version:
             return self._leaf[0]
-        return scatter_ell(self.values.detach(), self.index, self.shape)
+        w = scatter_ell(self.values.detach(), self.index, self.shape)
+        if self._dense_grad is not None:
+            w.grad = self._dense_grad
+        return w
+
+    def add_dense_grad(self, grad: Tensor) -> None:
+        """Accumulate a dense weight gradient (micro-batches add up) for :meth:`dense`."""
+        grad = grad.to(self.values.dtype)
+        self._dense_grad = grad if self._dense_grad is None else self._dense_grad + grad
 
     def dense_leaf(self) -> Tensor:
         """A dense leaf for a dense pass; its gradient is gathered into ``values.grad``."""
@@ -161,8 +172,9 @@ class CondensedParam:
         self.values.grad = gather_ell(w.grad, self.index).to(self.values.dtype)
 
     def release(self) -> None:
-        """Drop the dense leaf (and its dense gradient)."""
+        """Drop the dense leaf and the dense gradient."""
         self._leaf = None
+        self._dense_grad = None
 
 
 def swap_param(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, convert: Any) -> None:

@@ -55,7 +55,9 @@ class MaskManager:
         self.names: list[str] = list(names)
         self.dense_params: list[nn.Parameter] = [params[n] for n in self.names]
         self.masks: list[Tensor] = [torch.ones_like(p, dtype=torch.bool) for p in self.dense_params]
-        self._scale: list[Tensor | None] = [torch.ones_like(p) for p in self.dense_params]
+        # float copies of the masks in the weights' layout, made at the first mask_grads after
+        # a mask change (a layer stored condensed never needs one)
+        self._scale: list[Tensor | None] = [None] * len(self.names)
         self._nnz: list[tuple[Tensor, int, int] | None] = [None] * len(self.names)
         self.optimizer: torch.optim.Optimizer | None = None
         self.stores: list[CondensedParam | None] = [None] * len(self.names)
@@ -101,10 +103,10 @@ class MaskManager:
                 continue
             p = self.dense_params[i]
             self.masks[i] = mask.to(p.device)
-            self._scale[i] = torch.empty_like(p).copy_(self.masks[i])  # p's strides
-            p.mul_(self._scale[i])
+            self._scale[i] = None
+            p.mul_(self.masks[i])
             for state in self._state_tensors(p):
-                state.mul_(self._scale[i] if state.dtype == p.dtype else self.masks[i].to(state.dtype))
+                state.mul_(self.masks[i].to(state.dtype))
         self.release_views()
 
     def _state_tensors(self, p: nn.Parameter) -> list[Tensor]:
@@ -121,11 +123,16 @@ class MaskManager:
         dense gradient) go here, as the masked backend's dense gradient does: it is read
         (e.g. accumulated for a mask update) before this call, never after."""
         self.release_views()
-        pairs = [(p.grad, s) for p, s in zip(self.dense_params, self._scale)
-                 if s is not None and p.grad is not None]
+        pairs = [(p.grad, self._scale_of(i)) for i, p in enumerate(self.dense_params)
+                 if self.stores[i] is None and p.grad is not None]
         if pairs:
             grads, scales = zip(*pairs)
             torch._foreach_mul_(list(grads), list(scales))
+
+    def _scale_of(self, i: int) -> Tensor:
+        if self._scale[i] is None:  # the weight's strides: _foreach_mul_ stays fused
+            self._scale[i] = torch.empty_like(self.dense_params[i]).copy_(self.masks[i])
+        return self._scale[i]
 
     def nnz(self) -> list[int]:
         """Nonzeros per mask: cached; the masks changed since the last call are counted with
