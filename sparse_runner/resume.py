@@ -16,6 +16,7 @@ from . import checkpoint as ckpt
 from .errors import UserError, one_line
 from .fsio import atomic_write
 from .runconfig import check_payload, check_resume
+from .sparsity.condensed_ckpt import adapt
 
 
 def resume_trainer(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
@@ -33,6 +34,7 @@ def resume_trainer(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, An
     check_resume(payload, cfg, path)
     check_optimizer(trainer.optimizer, payload["optimizer"], path)
     try:
+        payload = adapt(payload, trainer.model, trainer.optimizer)  # the other sparse.backend
         trainer.restore(payload)
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
         raise UserError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: "

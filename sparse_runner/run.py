@@ -56,6 +56,10 @@ def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:
     plan.method.setup(model, plan.context())
     mask_sync = str(cfg.distributed.mask_sync)
     if ranks.enabled:
+        if str(cfg.sparse.backend) == "condensed":  # DDP's buckets would not follow new K
+            raise UserError("sparse.backend=condensed stores each layer's nonzeros, whose shape "
+                            "changes at mask updates, and does not run data-parallel; use "
+                            "sparse.backend=masked with several ranks")
         ddp.sync_initial_masks(plan.method, mask_sync)
     optimizer = build_optimizer(cfg.optimizer, model)
     plan.method.attach_optimizer(optimizer)

@@ -25,6 +25,7 @@ NOT_TRAJECTORY = (
     "trainer.stop_after_steps", # time slicing of one run into several jobs
     "trainer.eval_batch_size",  # evaluation batching (the training steps are unchanged)
     "trainer.compile",          # torch.compile: the same computation, compiled
+    "sparse.backend",           # masked | condensed: the same math (checkpoints are converted)
     "dataset.root",             # where the files are
     "dataset.download",         # whether they may be fetched
 )

@@ -20,6 +20,7 @@ from .environment import device_name, peak_memory, versions
 from .fsio import atomic_write_text
 from .flops import LayerTable, human, origins, train_flops_per_sample
 from .ift import describe_ift
+from .sparsity.condensed_params import dense_param_count
 from .tasks import build_task
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def _numel(row: Mapping[str, Any]) -> int:
 
 
 def params(model: nn.Module, rows: list[dict[str, Any]]) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
+    total = dense_param_count(model)   # condensed layers count as their dense weight
     masked_out = sum(_numel(r) - r["nnz"] for r in rows)
     return total, total - masked_out
 

@@ -27,6 +27,7 @@ from .flops import LayerTable, train_flops_per_sample
 from .loggers import Loggers
 from .precision import Precision
 from .sparsity import SparsityMethod, spectral
+from .sparsity.condensed_ckpt import optimizer_names
 from .step import TrainStep
 from .stop import StopRequest
 from .tasks import Classification, Task
@@ -164,6 +165,7 @@ class Trainer:
             "step": self.state.step,
             "epoch": self.state.step // self.setup.steps_per_epoch,
             "optimizer": self.optimizer.state_dict(),
+            "param_names": optimizer_names(self.model, self.optimizer),  # backend converter
             "method": self.method.state_dict(),
             "state": {**asdict(self.state), "train_s": self.state.train_s + self._epoch_elapsed()},
             "rng": ckpt.rng_state(),

@@ -8,9 +8,11 @@ from torch import nn
 from conftest import cli, run_tiny
 from sparse_runner.errors import UserError
 from sparse_runner.flops import trace_layers
+from sparse_runner.kernels import ell_from_mask
 from sparse_runner.methods import build_method
 from sparse_runner.sparsity import SetupContext
 from sparse_runner.sparsity.backend import CondensedLayer, apply_backend
+from sparse_runner.sparsity.condensed_params import dense_weights, scatter_ell, store_of
 
 SPARSE = ["c1.weight", "c2.weight", "fc.weight"]
 
@@ -42,10 +44,19 @@ def setup(method: str, s: float = 0.8, seed: int = 0, **opts):
 
 
 def grads(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Output and gradients by dense parameter name (a condensed layer's values gradient
+    scattered dense; on a dense-gradient step, the dense leaf's gradient)."""
     model.zero_grad(set_to_none=True)
     y = model(x)
     y.square().sum().backward()
-    return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    out = {n: p.grad.clone() for n, p in model.named_parameters() if n.rsplit(".")[-1] != "values"}
+    for name, module in model.named_modules():
+        store = store_of(module)
+        if store is not None:
+            leaf = store.dense()
+            out[f"{name}.weight"] = (leaf.grad.clone() if leaf.grad is not None else
+                                     scatter_ell(store.values.grad, store.index, store.shape))
+    return y.detach(), out
 
 
 DT = {"delta_t": 5}
@@ -71,13 +82,15 @@ def test_condensed_forward_and_gradients_match_masked(method, opts):
         torch.testing.assert_close(g[name][mask], g_ref[name][mask], rtol=1e-4, atol=1e-5)
         assert not g[name][~mask].any()         # the kernels only produce the nonzeros
     torch.testing.assert_close(g["c2.bias"], g_ref["c2.bias"], rtol=1e-4, atol=1e-5)
-    # parameter names and the state_dict are those of the plain model
-    assert list(model.state_dict()) == list(ref_model.state_dict())
+    # the kernel layers store values + index in place of the dense weight
+    expected = {k for k in ref_model.state_dict() if k not in SPARSE}
+    expected |= {n.replace("weight", k) for n in SPARSE for k in ("values", "index")}
+    assert set(model.state_dict()) == expected
 
 
 def test_per_layer_choice_is_timed_and_listed():
     model, m, _ = setup("rigl")
-    before = [p.detach().clone() for p in model.parameters()]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     backend = apply_backend("condensed", model, m, example=torch.randn(4, 3, 8, 8))
     assert [c["name"] for c in backend.choices] == SPARSE
     for choice in backend.choices:
@@ -87,7 +100,8 @@ def test_per_layer_choice_is_timed_and_listed():
                                      choice["name"], "cfi"))
     assert backend.names() == [c["name"] for c in backend.choices if c["run"] != "dense"]
     assert all(p.grad is None for p in model.parameters())       # timing left no trace
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    after = dense_weights(model)
+    assert set(after) == set(before) and all(torch.equal(before[n], after[n]) for n in before)
 
 
 def test_grouped_convolutions_stay_dense_and_are_reported():
@@ -124,8 +138,8 @@ def test_mask_updates_rebuild_the_index_and_dense_steps_give_dense_grads(name):
         y = model(x)
         method.backend.dense = True
         torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-5)
-        for layer in method.backend.layers:
-            assert layer.mask is method.masks.masks[layer.i]
+        for i, layer in enumerate(method.backend.layers):
+            assert torch.equal(layer.store.index, ell_from_mask(method.masks.masks[i]))
     assert len(seen) >= 3                       # masks did change, and the kernels followed
 
 

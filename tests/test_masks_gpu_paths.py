@@ -30,7 +30,7 @@ def test_scales_take_the_channels_last_layout_of_their_weights():
     mask = torch.rand(8, 8, 3, 3) < 0.3  # contiguous, as methods build them
     mm.set_masks({1: mask})
     p = mm.params[1]
-    assert mm._scale[1].stride() == p.stride() and p.is_contiguous(memory_format=torch.channels_last)
+    assert mm._scale_of(1).stride() == p.stride() and p.is_contiguous(memory_format=torch.channels_last)
     model(torch.randn(2, 3, 5, 5).to(memory_format=torch.channels_last)).sum().backward()
     assert p.grad.stride() == p.stride()
     want = p.grad * mask

@@ -116,13 +116,13 @@ def _layer_row(name: str, conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tensor,
     """fwd / dx / dW of masked dense and the kernels; GFLOP/s count useful FLOPs only (2 per
     multiply-add of a nonzero weight), for dense too."""
     ops = torch.ops.sparse_run
-    w = conv.weight.detach()
+    w = layer.store.dense()     # the condensed layer's weight, dense (masked dense timing)
     geo = (list(conv.kernel_size), list(conv.stride), list(conv.padding))
     kw = dict(stride=conv.stride, padding=conv.padding)
     y = F.conv2d(x, w, **kw)
     gy = torch.randn_like(y)
-    idx = layer.idx
-    values = w.flatten(1).gather(1, layer.gather_idx)
+    idx = layer.store.index
+    values = layer.store.values.detach()
     fns = {
         "dense_fwd": lambda: F.conv2d(x, w, **kw),
         "dense_dx": lambda: nn_grad.conv2d_input(x.shape, w, gy, **kw),

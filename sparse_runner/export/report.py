@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .. import checkpoint as ckpt
 from ..errors import UserError
+from ..sparsity.condensed_ckpt import convert_checkpoint
 from .formats import index_dtype, to_condensed, to_csr
 
 FORMATS = ("dense", "coo", "csr", "condensed")
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     masks = payload.get("masks") or {}
     if not masks:
         raise UserError(f"{path} has no masks (a dense run): nothing sparse to export")
-    data, report = export(payload["model"], masks)
+    model = convert_checkpoint({"model": payload["model"], "masks": masks}, "dense")["model"]
+    data, report = export(model, masks)  # a condensed run's checkpoint: dense weights first
     out = args.out or args.run_dir / "export"
     ckpt.save(out / "sparse_weights.pt", data)
     ckpt.atomic_write_json(out / "storage.json", {"layers": report, "total": totals(report)})

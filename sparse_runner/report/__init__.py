@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 register_subcommand("ift-table", "sparse_runner.ift.tables:main")
 register_subcommand("export", "sparse_runner.export.report:main")
 register_subcommand("spectral", "sparse_runner.report.spectral:main")
+register_subcommand("convert", "sparse_runner.sparsity.condensed_ckpt:main")
 
 if __name__ == "__main__":
     sys.exit(main())

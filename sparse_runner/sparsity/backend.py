@@ -7,14 +7,19 @@
   sparse convolution (``sconv2d``, ELL weight), Linear through the constant fan-in kernels
   (rows padded to the longest with zero-valued slots when the fan-in is not constant).
 
-ELL: each output channel's nonzeros are listed in a row padded to the layer's largest row
-count; padded slots are exact zeros that never train and never count. The index of a layer is
-rebuilt only when the method installs a new mask (the MaskManager replaces the mask tensor).
-The dense weight stays the parameter, so methods, optimizer state, checkpoints and FLOP counts
-are the same under both backends; the values are gathered from it at the index each step and
-the gather's backward scatters the kernels' gradient (nonzeros only) into the dense gradient.
-On the steps where the method asks for the dense weight gradient (RigL-style growth) every
-layer runs dense, as the masked backend does.
+What is stored: every layer that runs a kernel keeps only its nonzeros, ``values [O, K]`` (the
+``nn.Parameter`` the optimizer trains, in the dense weight's place in its param groups) and an
+int32 ``index [O, K]`` buffer (ELL: each output channel's nonzeros in a row padded to the
+layer's largest row count; padded slots are exact zeros that never train and never count).
+Weights, gradients and optimizer state (momentum, Adam moments) thus scale with the nonzeros;
+a mask update rebuilds the index and remaps values and optimizer state by (row, column): kept
+entries keep theirs, grown ones start at 0 with 0 state (condensed_params.py). Checkpoints
+hold ``<layer>.values`` / ``<layer>.index`` (plus the masks, as always) and convert to and from
+the masked backend's dense layout on resume (condensed_ckpt.py). The methods are unchanged:
+``MaskManager.params`` gives them dense views made on demand (magnitudes at mask updates),
+and on the steps where a method asks for the dense weight gradient (RigL-style growth) a
+convolution still runs the kernels and computes that gradient from its output gradient (a
+Linear layer runs dense on a materialised dense leaf); the dense view's ``.grad`` is it.
 
 Per-layer choice: given an example batch, each layer's kernel is timed against its dense
 forward+backward once at setup (backend_choice.py) and the faster one runs; layers the
@@ -23,14 +28,17 @@ kernels cannot run (grouped, dilated) stay dense. ``layers()`` lists the choices
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_weight
 
 from ..errors import UserError
-from ..kernels import cfi_linear, ell_from_mask, sconv2d
+from ..kernels import cfi_linear, sconv2d
 from .backend_choice import layer_inputs, time_layer
+from .condensed_params import CondensedParam
 
 if TYPE_CHECKING:
     from .masks import MaskManager
@@ -55,7 +63,8 @@ def unsupported_reason(module: nn.Module | None) -> str:
 
 
 class CondensedBackend:
-    """Routes the sparse Conv2d/Linear layers of a model through the compiled kernels."""
+    """Routes the sparse Conv2d/Linear layers of a model through the compiled kernels and
+    stores their weights condensed (condensed_params.py)."""
 
     def __init__(self, model: nn.Module, method: SparsityMethod,
                  example: Tensor | None = None) -> None:
@@ -66,6 +75,7 @@ class CondensedBackend:
         if masks is None or not len(masks):
             raise UserError(f"sparse.backend=condensed: method={method.name} has no sparse layers")
         self.dense = False   # True on steps whose backward must give the dense weight gradient
+        self.masks = masks
         modules = {f"{name}.weight": m for name, m in model.named_modules()}
         self.layers: list[CondensedLayer] = []
         self.choices: list[dict[str, Any]] = []
@@ -76,60 +86,90 @@ class CondensedBackend:
             if why:
                 self.choices.append({"name": name, "run": "dense", "reason": why})
                 continue
-            layer = CondensedLayer(self, module, masks, i)
-            choice = {"name": name, "run": layer.kernel}
-            x = inputs.get(id(module))
-            if x is not None:
-                ms_kernel, ms_dense = time_layer(module, layer.kernel_forward, x)
-                choice.update(ms_kernel=round(ms_kernel, 3), ms_dense=round(ms_dense, 3))
-                if ms_dense < ms_kernel:
-                    choice.update(run="dense", reason="dense was faster on the run's shapes")
-            self.choices.append(choice)
-            if choice["run"] != "dense":
-                module.forward = layer      # instance attribute: parameter names do not change
+            layer = CondensedLayer(self, module, CondensedParam(module, name, masks.masks[i]))
+            self.choices.append(self._choose(layer, inputs.get(id(module))))
+            if self.choices[-1]["run"] != "dense":
+                layer.store.install(masks.optimizer)
+                masks.condense(i, layer.store)
+                module.forward = layer      # instance attribute
                 self.layers.append(layer)
         model.zero_grad(set_to_none=True)   # the timing runs left gradients behind
+
+    @staticmethod
+    def _choose(layer: CondensedLayer, x: Tensor | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"name": layer.name, "run": layer.kernel}
+        if x is not None:
+            ms_kernel, ms_dense = time_layer(layer.module, layer.kernel_forward, x)
+            layer.store.values.grad = layer.module.weight.grad = None   # no dense grads pile up
+            choice.update(ms_kernel=round(ms_kernel, 3), ms_dense=round(ms_dense, 3))
+            if ms_dense < ms_kernel:
+                choice.update(run="dense", reason="dense was faster on the run's shapes")
+        return choice
 
     def names(self) -> list[str]:
         """The layers that run through the kernels."""
         return [layer.name for layer in self.layers]
 
+    def begin_step(self, dense: bool) -> None:
+        """Before each step's forward: dense pass or kernels; last step's dense leaves go."""
+        self.dense = dense
+        self.masks.release_views()
+
 
 class CondensedLayer:
     """The forward of one sparse layer under the condensed backend."""
 
-    def __init__(self, backend: CondensedBackend, module: nn.Module, masks: MaskManager,
-                 i: int) -> None:
-        self.backend, self.module, self.masks, self.i = backend, module, masks, i
-        self.name = masks.names[i]
+    def __init__(self, backend: CondensedBackend, module: nn.Module, store: CondensedParam) -> None:
+        self.backend, self.module, self.store = backend, module, store
+        self.name = store.name
         self.kernel = "sconv" if isinstance(module, nn.Conv2d) else "cfi"
-        self.refresh()
+        self._key: tuple[int, int] | None = None
 
-    def refresh(self) -> None:
-        """ELL index of the layer's current mask (and, for Linear, the CSC transpose)."""
-        mask = self.masks.masks[self.i]
-        idx = ell_from_mask(mask)
+    def _refresh(self) -> None:
+        """What derives from the index (for Linear: pads -> column 0, the CSC transpose);
+        rebuilt when the index tensor is replaced or loaded into."""
+        idx = self.store.index
+        key = (id(idx), idx._version)
+        if key == self._key:
+            return
         self.valid = idx >= 0
         self.all_valid = bool(self.valid.all())
         if self.kernel == "sconv":
-            self.idx, self.gather_idx = idx, idx.clamp(min=0).long()
+            self.idx = idx
         else:  # the linear kernels have no padded slots: zero-valued copies of column 0
             self.idx = idx.clamp(min=0).contiguous()
-            self.gather_idx = self.idx.long()
-            self.t_index = torch.ops.sparse_run.cfi_transpose_index(self.idx, mask[0].numel())
-        self.mask = mask
+            self.t_index = torch.ops.sparse_run.cfi_transpose_index(self.idx, self.store.ncols)
+        self._key = key
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.backend.dense:
-            return type(self.module).forward(self.module, x)
-        return self.kernel_forward(x)
+        if not (self.backend.dense and torch.is_grad_enabled()):
+            return self.kernel_forward(x)
+        if self.kernel != "sconv":
+            return self.dense_forward(x, self.store.dense_leaf())
+        y = self.kernel_forward(x)   # the dense weight gradient from dy, no dense weight
+        if y.requires_grad:
+            y.register_hook(self._dense_grad_hook(x))
+        return y
+
+    def _dense_grad_hook(self, x: Tensor) -> Callable[[Tensor], None]:
+        m, store = self.module, self.store
+
+        def hook(gy: Tensor) -> None:
+            store.add_dense_grad(conv2d_weight(x.detach().to(gy.dtype), store.shape, gy,
+                                               stride=m.stride, padding=m.padding))
+        return hook
+
+    def dense_forward(self, x: Tensor, w: Tensor) -> Tensor:
+        """The module's own computation on the dense weight ``w``."""
+        m = self.module
+        if self.kernel == "sconv":
+            return m._conv_forward(x, w, m.bias)   # noqa: SLF001 (nn.Conv2d's own forward)
+        return F.linear(x, w, m.bias)
 
     def kernel_forward(self, x: Tensor) -> Tensor:
         m = self.module
-        if self.masks.masks[self.i] is not self.mask:
-            self.refresh()
-        w, bias = m.weight, m.bias
-        values = w.reshape(w.shape[0], -1).gather(1, self.gather_idx)
+        self._refresh()
+        values, bias = self.store.values, m.bias
         device = x.device.type
         if torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)

@@ -11,13 +11,40 @@ have channels_last gradients): with mismatched strides ``_foreach_mul_`` leaves 
 multi-tensor kernel for one strided kernel per tensor. Nonzero counts are cached per mask
 (keyed by the tensor and its version counter) and recounted with one host read for all
 changed masks, so logging the density costs no sync between mask updates.
+
+Under ``sparse.backend=condensed`` a layer may be stored condensed (:meth:`MaskManager.condense`,
+condensed_params.py): its trained parameter is its ELL values, its gradients have no pruned
+entries (nothing to mask) and ``params[i]`` is a dense view made on demand (see
+:class:`DenseViews`), so the methods read magnitudes and dense gradients as before.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .condensed_params import CondensedParam
+
+
+class DenseViews(Sequence[Tensor]):
+    """``MaskManager.params``: the dense Parameter of a layer stored dense, the dense view of a
+    condensed one (materialised per access and owned by the caller: between mask updates no
+    dense weight of a condensed layer stays alive)."""
+
+    def __init__(self, manager: MaskManager) -> None:
+        self._m = manager
+
+    def __len__(self) -> int:
+        return len(self._m.names)
+
+    def __getitem__(self, i: int) -> Tensor:  # type: ignore[override]
+        store = self._m.stores[i]
+        return self._m.dense_params[i] if store is None else store.dense()
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (self[i] for i in range(len(self)))
 
 
 class MaskManager:
@@ -26,11 +53,31 @@ class MaskManager:
     def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
         params = dict(model.named_parameters())
         self.names: list[str] = list(names)
-        self.params: list[nn.Parameter] = [params[n] for n in self.names]
-        self.masks: list[Tensor] = [torch.ones_like(p, dtype=torch.bool) for p in self.params]
-        self._scale: list[Tensor] = [torch.ones_like(p) for p in self.params]
-        self._nnz: list[tuple[Tensor, int, int] | None] = [None] * len(self.params)
+        self.dense_params: list[nn.Parameter] = [params[n] for n in self.names]
+        self.masks: list[Tensor] = [torch.ones_like(p, dtype=torch.bool) for p in self.dense_params]
+        # float copies of the masks in the weights' layout, made at the first mask_grads after
+        # a mask change (a layer stored condensed never needs one)
+        self._scale: list[Tensor | None] = [None] * len(self.names)
+        self._nnz: list[tuple[Tensor, int, int] | None] = [None] * len(self.names)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.stores: list[CondensedParam | None] = [None] * len(self.names)
+
+    @property
+    def params(self) -> DenseViews:
+        """The sparse weights, dense-shaped (views of condensed layers made on demand)."""
+        return DenseViews(self)
+
+    def condense(self, i: int, store: CondensedParam) -> None:
+        """Layer ``i`` is now stored condensed by ``store`` (installed by the backend)."""
+        self.stores[i] = store
+        self._scale[i] = None
+        self.dense_params[i] = None  # type: ignore[call-overload]
+
+    def release_views(self) -> None:
+        """Free the dense leaves (and dense gradients) of the condensed layers."""
+        for store in self.stores:
+            if store is not None:
+                store.release()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -46,14 +93,21 @@ class MaskManager:
     def set_masks(self, new: Mapping[int, Tensor]) -> None:
         """Install new masks (by layer index): zero the weights and optimizer state they drop."""
         for i, mask in new.items():
-            p = self.params[i]
-            if mask.shape != p.shape or mask.dtype != torch.bool:
-                raise ValueError(f"mask for {self.names[i]} must be bool {tuple(p.shape)}")
+            store = self.stores[i]
+            shape = tuple(self.masks[i].shape)
+            if tuple(mask.shape) != shape or mask.dtype != torch.bool:
+                raise ValueError(f"mask for {self.names[i]} must be bool {shape}")
+            if store is not None:
+                self.masks[i] = mask.to(store.values.device)
+                store.set_mask(self.masks[i], self.optimizer)
+                continue
+            p = self.dense_params[i]
             self.masks[i] = mask.to(p.device)
-            self._scale[i] = torch.empty_like(p).copy_(self.masks[i])  # p's strides
-            p.mul_(self._scale[i])
+            self._scale[i] = None
+            p.mul_(self.masks[i])
             for state in self._state_tensors(p):
-                state.mul_(self._scale[i] if state.dtype == p.dtype else self.masks[i].to(state.dtype))
+                state.mul_(self.masks[i].to(state.dtype))
+        self.release_views()
 
     def _state_tensors(self, p: nn.Parameter) -> list[Tensor]:
         if self.optimizer is None:
@@ -63,11 +117,22 @@ class MaskManager:
 
     @torch.no_grad()
     def mask_grads(self) -> None:
-        """Zero gradients at pruned positions: the one multi-tensor op of the hot path."""
-        pairs = [(p.grad, s) for p, s in zip(self.params, self._scale) if p.grad is not None]
+        """Zero gradients at pruned positions: the one multi-tensor op of the hot path.
+
+        Condensed layers have no pruned gradient entries; their dense leaves (a dense pass's
+        dense gradient) go here, as the masked backend's dense gradient does: it is read
+        (e.g. accumulated for a mask update) before this call, never after."""
+        self.release_views()
+        pairs = [(p.grad, self._scale_of(i)) for i, p in enumerate(self.dense_params)
+                 if self.stores[i] is None and p.grad is not None]
         if pairs:
             grads, scales = zip(*pairs)
             torch._foreach_mul_(list(grads), list(scales))
+
+    def _scale_of(self, i: int) -> Tensor:
+        if self._scale[i] is None:  # the weight's strides: _foreach_mul_ stays fused
+            self._scale[i] = torch.empty_like(self.dense_params[i]).copy_(self.masks[i])
+        return self._scale[i]
 
     def nnz(self) -> list[int]:
         """Nonzeros per mask: cached; the masks changed since the last call are counted with

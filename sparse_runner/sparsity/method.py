@@ -144,7 +144,7 @@ class SparsityMethod:
     def before_step(self, step: int) -> None:
         """Called before the forward passes of optimizer step ``step``."""
         if self.backend is not None:
-            self.backend.dense = self.dense_grad_wanted(step)
+            self.backend.begin_step(self.dense_grad_wanted(step))
 
     def dense_grad_wanted(self, step: int) -> bool:
         """Whether step ``step`` needs the dense weight gradient (a backend must then run the

@@ -29,6 +29,8 @@ import scipy.sparse as sps
 import torch
 from scipy.sparse.linalg import svds
 
+from .condensed_params import dense_weights
+
 METRICS = ("delta_r", "delta_r_imdb", "lambda", "lambda_imsg")
 MIN_COLUMNS_PER_DEGREE = 3  # a degree class needs this many columns to count (imdb / imsg)
 DENSE_LIMIT = 4096  # rows*cols up to which a (tiny) dense SVD is taken
@@ -156,7 +158,7 @@ def model_metrics(weights: Mapping[str, torch.Tensor],
 def section(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, object] | None:
     """The JSON-safe metrics of a model's masked layers (None when nothing is masked). Masks
     whose weight is not a parameter of ``model`` under that name are left out."""
-    weights = dict(model.named_parameters())
+    weights = dense_weights(model)
     masks = {n: m for n, m in masks.items() if n in weights}
     if not masks:
         return None
