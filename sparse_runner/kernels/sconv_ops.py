@@ -116,10 +116,10 @@ def _backward_weight_fake(grad_out, x, index, kernel, stride, padding):
 
 
 # ------------------------------------------------------------------ autograd
-def _fwd_setup(ctx, inputs, output):
-    x, values, index, kernel, stride, padding = inputs
-    ctx.save_for_backward(x, values, index)
-    ctx.geom = (kernel, stride, padding)
+def _setup(ctx, inputs, output):
+    """All three ops: the first three inputs are the tensors, the last three the geometry."""
+    ctx.save_for_backward(*inputs[:3])
+    ctx.geom = tuple(inputs[-3:])
 
 
 def _fwd_backward(ctx, grad):
@@ -131,12 +131,6 @@ def _fwd_backward(ctx, grad):
     return gx, gv, None, None, None, None
 
 
-def _bwd_input_setup(ctx, inputs, output):
-    grad, values, index, in_size, kernel, stride, padding = inputs
-    ctx.save_for_backward(grad, values, index)
-    ctx.geom = (kernel, stride, padding)
-
-
 def _bwd_input_backward(ctx, h):
     # dx = conv^T(G, W) is linear in G (-> conv(h, W)) and in W (-> sampled corr(G, h)).
     grad, values, index = ctx.saved_tensors
@@ -144,12 +138,6 @@ def _bwd_input_backward(ctx, h):
     gg = ops.sconv_forward(h, values, index, *ctx.geom) if need[0] else None
     gv = ops.sconv_backward_weight(grad, h, index, *ctx.geom) if need[1] else None
     return gg, gv, None, None, None, None, None
-
-
-def _bwd_weight_setup(ctx, inputs, output):
-    grad, x, index, kernel, stride, padding = inputs
-    ctx.save_for_backward(grad, x, index)
-    ctx.geom = (kernel, stride, padding)
 
 
 def _bwd_weight_backward(ctx, h):
@@ -163,11 +151,11 @@ def _bwd_weight_backward(ctx, h):
 
 
 torch.library.register_autograd("sparse_run::sconv_forward", _fwd_backward,
-                                setup_context=_fwd_setup)
+                                setup_context=_setup)
 torch.library.register_autograd("sparse_run::sconv_backward_input", _bwd_input_backward,
-                                setup_context=_bwd_input_setup)
+                                setup_context=_setup)
 torch.library.register_autograd("sparse_run::sconv_backward_weight", _bwd_weight_backward,
-                                setup_context=_bwd_weight_setup)
+                                setup_context=_setup)
 
 
 # ------------------------------------------------------------------ entry points
