@@ -16,7 +16,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from sparse_runner.environment import versions
+from sparse_runner.utils.environment import versions
 from sparse_runner.report import detect_presets
 from sparse_runner.report.runs import find_runs
 from sparse_runner.report.spectral import correlations, points

@@ -21,12 +21,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed as dist
-from .errors import TrainingFailed, UserError, one_line
-from .fsio import atomic_write, atomic_write_text, probe_dir
-from .launch import rank_overrides
-from .overrides import check_keys, defer_swept_group_keys, normalise, parse
-from .stop import forward
+from .distributed import comm as dist
+from .utils.errors import TrainingFailed, UserError, one_line
+from .outputs.fsio import atomic_write, atomic_write_text, probe_dir
+from .distributed.launch import rank_overrides
+from .config.overrides import check_keys, defer_swept_group_keys, normalise, parse
+from .distributed.stop import forward
 from .train import Interrupted
 
 CONF_PACKAGE = "sparse_runner.conf"
@@ -70,7 +70,7 @@ def _report(exc: BaseException, run_dir: Path | None = None) -> int:
 
 def task(cfg: DictConfig) -> Any:
     """One Hydra job: own the run dir, run, turn expected failures into an exit code or a tally."""
-    from .rundir import owned
+    from .outputs.rundir import owned
     from .run import run
 
     hc = HydraConfig.get()

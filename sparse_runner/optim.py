@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .errors import UserError
+from .utils.errors import UserError
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool = True) -> list[dict]:

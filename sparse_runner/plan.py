@@ -16,15 +16,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from . import ddp
-from . import distributed as dist
+from .distributed import ddp
+from .distributed import comm as dist
 from .data import Data, build_data, dataset_with_model_defaults
-from .errors import UserError
-from .flop_budget import BUDGETS, Budget, official_budget
-from .flops import LayerTable, trace_layers
+from .utils.errors import UserError
+from .flops.budget import BUDGETS, Budget, official_budget
+from .flops.tables import LayerTable, trace_layers
 from .ift import build_ift_model
 from .ift.feasible import isoflop_or_explain
-from .isoflop import S_MAX, IsoFlopResult
+from .flops.isoflop import S_MAX, IsoFlopResult
 from .methods import build_method
 from .models import build_model
 from .sparsity import SetupContext, SparsityMethod, rounding_refine, select_sparse

@@ -19,7 +19,7 @@ from typing import Any, ContextManager
 
 import torch
 
-from .errors import UserError
+from .utils.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -14,19 +14,19 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import ddp
-from . import distributed as dist
+from .distributed import ddp
+from .distributed import comm as dist
 from . import summary as sm
-from .errors import TrainingFailed, UserError, one_line
-from .loggers import Loggers, MetricsFile, WandbMirror
+from .utils.errors import TrainingFailed, UserError, one_line
+from .outputs.loggers import Loggers, MetricsFile, WandbMirror
 from .methods.auto import resolve_auto
 from .optim import build_optimizer, lr_schedule
 from .plan import RunPlan, build_plan, requested_sparsity
 from .precision import amp_dtype
 from .sparsity.backend import apply_backend
-from .resume import resume_trainer
-from .rundir import owned, write_summary
-from .runconfig import trajectory_config
+from .outputs.resume import resume_trainer
+from .outputs.rundir import owned, write_summary
+from .outputs.runconfig import trajectory_config
 from .train import Interrupted, Trainer, TrainSetup
 
 FINGERPRINT_KEYS = ("model.name", "dataset.name", "method.name", "ift.name", "s", "seed",

@@ -26,7 +26,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 from torch import Tensor, nn
 
-from . import ddp
+from .distributed import ddp
 from .precision import Precision
 from .sparsity.method import SparsityMethod
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_json
-from .environment import device_name, peak_memory, versions
-from .fsio import atomic_write_text
-from .flops import LayerTable, human, origins, train_flops_per_sample
+from .outputs.checkpoint import atomic_write_json
+from .utils.environment import device_name, peak_memory, versions
+from .outputs.fsio import atomic_write_text
+from .flops.tables import LayerTable, human, origins, train_flops_per_sample
 from .ift import describe_ift
 from .sparsity.condensed_params import dense_param_count
 from .tasks import build_task

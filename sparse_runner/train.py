@@ -18,18 +18,18 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
-from . import ddp
-from . import distributed as dist
+from .outputs import checkpoint as ckpt
+from .distributed import ddp
+from .distributed import comm as dist
 from .data import Data, Loader
-from .errors import TrainingFailed
-from .flops import LayerTable, train_flops_per_sample
-from .loggers import Loggers
+from .utils.errors import TrainingFailed
+from .flops.tables import LayerTable, train_flops_per_sample
+from .outputs.loggers import Loggers
 from .precision import Precision
 from .sparsity import SparsityMethod, spectral
 from .sparsity.condensed_ckpt import optimizer_names
 from .step import TrainStep
-from .stop import StopRequest
+from .distributed.stop import StopRequest
 from .tasks import Classification, Task
 
 

@@ -20,7 +20,7 @@ def _worker(rank: int, fn: Callable[..., Any], world: int, port: int, out: str, 
                       RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     import torch
 
-    from sparse_runner import distributed as dist
+    from sparse_runner.distributed import comm as dist
 
     torch.set_num_threads(1)
     dist.init("gloo", "cpu")

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sparse_runner.data import Data, Loader, build_data
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 
 CPU = torch.device("cpu")
 CONF = Path(__file__).resolve().parents[1] / "conf"

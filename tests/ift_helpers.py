@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparse_runner.flops import LayerTable, trace_layers
+from sparse_runner.flops.tables import LayerTable, trace_layers
 from sparse_runner.ift import build_ift_model
 from sparse_runner.models import build_model
 

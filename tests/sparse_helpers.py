@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from sparse_runner.flops import Layer, LayerTable
+from sparse_runner.flops.tables import Layer, LayerTable
 from sparse_runner.methods import build_method
 from sparse_runner.sparsity import SetupContext, SparsityMethod
 from sparse_runner.step import TrainStep

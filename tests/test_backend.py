@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from conftest import cli, run_tiny
-from sparse_runner.errors import UserError
-from sparse_runner.flops import trace_layers
+from sparse_runner.utils.errors import UserError
+from sparse_runner.flops.tables import trace_layers
 from sparse_runner.kernels import ell_from_mask
 from sparse_runner.methods import build_method
 from sparse_runner.sparsity import SetupContext

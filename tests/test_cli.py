@@ -116,7 +116,7 @@ def test_sweep_over_methods_with_a_method_option(tmp_path):
 
 
 def test_defer_swept_group_keys_rewrites_only_keys_of_swept_groups():
-    from sparse_runner.overrides import defer_swept_group_keys
+    from sparse_runner.config.overrides import defer_swept_group_keys
 
     argv = ["-m", "method=rigl,set", "method.delta_t=7", "seed=0", "method.alpha=choice(0.3)"]
     assert defer_swept_group_keys(argv) == [

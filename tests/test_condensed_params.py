@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import run_tiny
 from sparse_runner.export.report import main as export_main
-from sparse_runner.flops import trace_layers
+from sparse_runner.flops.tables import trace_layers
 from sparse_runner.report import main as report_main
 from sparse_runner.methods import build_method
 from sparse_runner.sparsity import SetupContext

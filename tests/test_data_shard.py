@@ -6,7 +6,7 @@ import torch
 
 from fixtures_data import build, dataset_config
 from sparse_runner.data import TensorLoader, write_fake_imagenet
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 
 
 def _loader(n: int, batch: int, drop_last: bool = True, augment=None) -> TensorLoader:

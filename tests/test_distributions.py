@@ -9,7 +9,7 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.models import build_model
 from sparse_runner.sparsity.distributions import layer_density, layer_nnz
 

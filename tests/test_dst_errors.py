@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import TINY, cli, run_tiny
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sparse_helpers import make, optimizer_state, step
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.sparsity.fanin import row_counts
 
 shape_st = st.one_of(

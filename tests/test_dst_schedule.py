@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparse_helpers import make, step
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.methods import build_method
 from sparse_runner.sparsity.schedules import Schedule
 from sparse_runner.sparsity.topk import topk_indices

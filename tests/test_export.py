@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from sparse_runner import checkpoint as ckpt
+from sparse_runner.outputs import checkpoint as ckpt
 from sparse_runner import report
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.sparsity import random_mask
 from sparse_runner.export.formats import from_condensed, from_csr, to_condensed, to_csr
 from sparse_runner.export.report import main, storage_bytes

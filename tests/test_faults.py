@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose
-from sparse_runner import fsio
+from sparse_runner.outputs import fsio
 
 RUN = ("dataset=synthetic", "dataset.shape=[1,8,8]", "dataset.num_samples=128",
        "dataset.num_test_samples=32", "trainer.batch_size=32", "trainer.epochs=2",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparse_runner.flop_budget import official_count
-from sparse_runner.flops import trace_layers
+from sparse_runner.flops.budget import official_count
+from sparse_runner.flops.tables import trace_layers
 from sparse_runner.models.resnet import ResNet
 
 

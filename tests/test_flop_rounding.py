@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sparse_runner.ift.survey import Survey, search
 from sparse_runner.methods import build_method
-from sparse_runner.flops import trace_layers
+from sparse_runner.flops.tables import trace_layers
 from sparse_runner.sparsity import SetupContext
 from sparse_runner.sparsity.distributions import flop_rounding
 from sparse_runner.sparsity.fanin import fanin_density, fanin_plan, rows_cols
@@ -84,7 +84,7 @@ def test_setup_builds_the_trimmed_counts(cfg):
 def test_search_refines_from_below_a_step_function():
     """FLOPs in steps of 10 (one costly weight); a cheap layer (1 FLOP per weight) makes up the
     rest: the result is exact, under the target at every stage, and carries the trim."""
-    from sparse_runner.isoflop import isoflop_sparsity
+    from sparse_runner.flops.isoflop import isoflop_sparsity
 
     def flops(s: float) -> float:
         return 10.0 * (100 - int(100 * s)) + 5

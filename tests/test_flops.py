@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ift_helpers import one_thread, resnet  # noqa: F401 (fixture)
-from sparse_runner.flops import human, origins, trace_layers, train_flops_per_sample
+from sparse_runner.flops.tables import human, origins, trace_layers, train_flops_per_sample
 from sparse_runner.ift import build_ift_model
 from sparse_runner.summary import layer_rows, layer_table_csv, layer_table_text
 

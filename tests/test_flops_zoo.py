@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sparse_runner.errors import UserError
-from sparse_runner.flops import trace_layers
+from sparse_runner.utils.errors import UserError
+from sparse_runner.flops.tables import trace_layers
 from sparse_runner.ift.survey import Survey, search
 from sparse_runner.sparsity import planned_nnz
 from zoo_models import GPT3_SMALL, GPT_SMALL, PRESETS, image_builder, text_builder

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from disk_helpers import fill, remount_readonly, tmpfs
-from sparse_runner import checkpoint as ckpt
-from sparse_runner import fsio
-from sparse_runner.errors import UserError
-from sparse_runner.loggers import MetricsFile
+from sparse_runner.outputs import checkpoint as ckpt
+from sparse_runner.outputs import fsio
+from sparse_runner.utils.errors import UserError
+from sparse_runner.outputs.loggers import MetricsFile
 
 
 def test_atomic_write_replaces_and_fsyncs_the_directory(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.ift.wide import Width
 from sparse_runner.models import count_params
 from sparse_runner.models.gpt import wide_dims

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from sparse_runner.bench import _gpu_checks, _gpu_sconv, _gpu_timing, _gpu_train
-from sparse_runner.bench.gpu_check import Check, main, merge, record, run_stage, table
+from sparse_runner.bench._gpu_stage import Check, merge, record, run_stage, table
+from sparse_runner.bench.gpu_check import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"

@@ -7,7 +7,7 @@ import math
 import pytest
 from zoo_helpers import Driver, context, tiny_mlp
 
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.methods import build_method
 from sparse_runner.sparsity import planned_nnz
 

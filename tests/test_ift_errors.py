@@ -9,7 +9,7 @@ from torch import nn
 
 from conftest import run_tiny
 from ift_helpers import CIFAR, one_thread, resnet  # noqa: F401 (fixture)
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.ift import build_family, build_ift_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ift_helpers import CIFAR, MLP, SepNet, meta, one_thread, resnet  # noqa: F401 (fixture)
-from sparse_runner.errors import UserError
-from sparse_runner.flops import origins, trace_layers
+from sparse_runner.utils.errors import UserError
+from sparse_runner.flops.tables import origins, trace_layers
 from sparse_runner.ift import build_family, build_ift_model
 from sparse_runner.ift._swap import fan
 from sparse_runner.ift.factorized import Factorized

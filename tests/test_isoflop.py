@@ -11,9 +11,9 @@ import pytest
 
 from conftest import compose
 from ift_helpers import one_thread  # noqa: F401 (fixture)
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.ift.survey import MEMBERS, Survey, search
-from sparse_runner.isoflop import isoflop_sparsity
+from sparse_runner.flops.isoflop import isoflop_sparsity
 from sparse_runner.run import run
 from sparse_runner.methods import METHODS, build_method
 from sparse_runner.sparsity import SparsityMethod, planned_nnz

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.sparsity import MaskManager, random_mask
 from sparse_runner.sparsity.fanin import (constant_fanin, constant_fanin_mask, fanin_counts,
                                           row_counts)

@@ -13,8 +13,8 @@ import torch
 
 from conftest import TINY, cli, run_tiny
 from sparse_runner.cli import check_command_line
-from sparse_runner.errors import TrainingFailed, UserError
-from sparse_runner.overrides import normalise
+from sparse_runner.utils.errors import TrainingFailed, UserError
+from sparse_runner.config.overrides import normalise
 
 
 @pytest.mark.parametrize("argv,message", [

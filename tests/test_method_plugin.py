@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import TINY, cli, run_tiny
-from sparse_runner.errors import UserError
-from sparse_runner.plugins import load
+from sparse_runner.utils.errors import UserError
+from sparse_runner.config.plugins import load
 
 # What the guide tells a newcomer to write: methods/rigl.py copied, renamed, growth changed.
 PLUGIN = '''

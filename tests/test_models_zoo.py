@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.models import build_model, count_params
 from sparse_runner.models.resnet import BOTTLENECKS, DEPTHS, torchvision_resnet
 from zoo_models import PRESETS, image_builder

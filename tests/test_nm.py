@@ -9,7 +9,7 @@ from scipy.optimize import linprog
 
 from zoo_helpers import Driver, context, tiny_mlp
 
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.methods import build_method
 from sparse_runner.sparsity.nm_solver import (make_tiles, nm_nnz, row_nm_mask, solve_exact,
                                               solve_greedy, transposable_mask)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.models import build_model
 from sparse_runner.optim import build_optimizer, lr_schedule
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.precision import Precision, amp_dtype
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

@@ -11,7 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import cli, compose
 from hydra_plugins.sparse_run_grids.grids_sweeper import expand
-from sparse_runner.overrides import group_options
+from sparse_runner.config.overrides import group_options
 from sparse_runner.report import main as report_main
 from sparse_runner.report.tables import load_published, published_names
 
@@ -142,7 +142,7 @@ def test_where_selects_a_sub_table():
 
 def test_hydra_groups_are_not_checked_against_our_conf(tmp_path):
     from sparse_runner.cli import check_command_line
-    from sparse_runner.overrides import groups
+    from sparse_runner.config.overrides import groups
 
     assert "hydra" not in groups()  # conf/hydra holds the sweeper, not a run config group
     check_command_line(["hydra/sweeper=basic", "hydra/launcher=basic", f"out_dir={tmp_path}"])

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import compose, run_tiny
-from sparse_runner.errors import UserError
-from sparse_runner.runconfig import NOT_TRAJECTORY, differences, trajectory_config
+from sparse_runner.utils.errors import UserError
+from sparse_runner.outputs.runconfig import NOT_TRAJECTORY, differences, trajectory_config
 from sparse_runner.train import Interrupted
 
 CUT = ("trainer.stop_after_steps=5",)

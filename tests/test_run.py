@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import compose, run_tiny
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.run import run
 from sparse_runner.train import Interrupted
 
@@ -66,7 +66,7 @@ def test_checkpoint_loads_weights_only(tmp_path):
 
 
 def test_best_checkpoint_is_last_of_its_epoch_and_survives_later_epochs(tmp_path):
-    from sparse_runner.checkpoint import link_or_copy, save
+    from sparse_runner.outputs.checkpoint import link_or_copy, save
 
     d = tmp_path / "checkpoints"
     save(d / "last.pt", {"epoch": 1})

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import cli, run_tiny
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 
 GPT = ("model=gpt", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32",
        "dataset=shakespeare", "dataset.eval_tokens=2048", "trainer.progress=false",

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, run_tiny
-from sparse_runner.errors import UserError
-from sparse_runner.runlock import DirectoryBusy, RunLock
+from sparse_runner.utils.errors import UserError
+from sparse_runner.outputs.runlock import DirectoryBusy, RunLock
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -20,7 +20,7 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".sparse-run.lock"}
 
 
-HOLD = ("import sys, time; from sparse_runner.runlock import RunLock; "
+HOLD = ("import sys, time; from sparse_runner.outputs.runlock import RunLock; "
         "l = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sparse_runner.errors import UserError
+from sparse_runner.utils.errors import UserError
 from sparse_runner.tasks import TASKS, build_task
 
 

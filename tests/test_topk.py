@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparse_runner.flops import Layer, LayerTable, dense_grad_extra
+from sparse_runner.flops.tables import Layer, LayerTable, dense_grad_extra
 from sparse_runner.sparsity.distributions import budget_nnz, keep_budget
 from sparse_runner.sparsity.topk import (GlobalRanking, drop_and_grow, global_topk, split_flat,
                                          top_per_layer, topk_indices)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn import grad as nn_grad
 
-from sparse_runner.bench._gpu_checks import compare
+from sparse_runner.bench._gpu_stage import compare
 from sparse_runner.kernels.gpu_grid import Blocks
 from sparse_runner.kernels.sconv_ops import dense_conv_weight, ell_from_mask
 

@@ -89,7 +89,7 @@ def test_members_swap_attention_projections(ift):
 
 
 def test_multihead_attention_out_proj_is_refused():
-    from sparse_runner.errors import UserError
+    from sparse_runner.utils.errors import UserError
 
     class Net(torch.nn.Module):
         def __init__(self):

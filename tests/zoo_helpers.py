@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from sparse_runner.flops import trace_layers
+from sparse_runner.flops.tables import trace_layers
 from sparse_runner.sparsity import SetupContext, SparsityMethod
 from sparse_runner.step import TrainStep
 

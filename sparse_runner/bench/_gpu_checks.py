@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from .gpu_check import Check
+from ._gpu_stage import Check, compare
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 SMALL_SHAPES = [(0, 20, 7, 3), (1, 37, 19, 5), (15, 24, 33, 24), (16, 40, 45, 1),
@@ -106,24 +106,6 @@ def _problem(shape, dtype, device, seed: int = 0):
     idx = idx.to(device)
     t = torch.ops.sparse_run.cfi_transpose_index(idx, n_in)
     return x.to(device), v.to(device), idx, gy.to(device), t
-
-
-def compare(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, terms: int
-            ) -> tuple[bool, float]:
-    """(within rounding, max abs error) of ``got`` against the float64 ``want``."""
-    got = got.detach().double().cpu()
-    if got.shape != want.shape:
-        return False, float("inf")
-    if not want.numel():
-        return True, 0.0
-    eps = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8,
-           torch.float16: 2.0**-11}[dtype]
-    acc = 2.0**-52 if dtype == torch.float64 else 2.0**-23
-    scale = max(want.abs().max().item(), 1.0)
-    err = (got - want).abs()
-    ok = bool(torch.isfinite(got).all()) and bool(
-        (err <= eps * want.abs() + 4 * (acc * terms + eps) * scale).all())
-    return ok, err.max().item()
 
 
 def kernel_checks(shape, dtype_name: str, kernels=("forward", "backward_input",

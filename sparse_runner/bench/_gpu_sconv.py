@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn import grad as nn_grad
 
-from ._gpu_checks import compare
+from ._gpu_stage import compare
 from ._gpu_timing import _l2, cuda_time, ratio, rotations
-from .gpu_check import Check
+from ._gpu_stage import Check
 
 # (batch, C, O, H, W, kernel, stride, padding)
 SMALL = [(2, 5, 6, 7, 5, (1, 1), (1, 1), (0, 0)), (3, 4, 7, 9, 7, (1, 1), (2, 2), (0, 0)),

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .gpu_check import Check
+from ._gpu_stage import Check
 
 SPARSITIES = (0.9, 0.95, 0.99)
 BATCHES = (1, 16, 256, 4096)

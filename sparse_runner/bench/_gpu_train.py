@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .gpu_check import Check
+from ._gpu_stage import Check
 
 STEPS, BATCH = 50, 256
 RUN_TIMEOUT_S = 28    # three runs fit the train stage's 90 s; two audit runs fit sync's 45 s

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn import grad as nn_grad
 
-from ..environment import device_name, versions
+from ..utils.environment import device_name, versions
 from ..optim import build_optimizer
 from ..plan import RunPlan, build_plan, requested_sparsity
 from ..sparsity.backend import apply_backend

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write_json
+from ..outputs.checkpoint import atomic_write_json
 from ..ift.survey import MEMBERS, PAPER_S, Survey, search
 from ..methods import build_method
 from ..summary import versions

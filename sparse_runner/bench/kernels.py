@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.benchmark import Timer
 
-from ..environment import device_name, versions
+from ..utils.environment import device_name, versions
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

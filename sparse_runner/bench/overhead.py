@@ -29,8 +29,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..environment import device_name, versions
-from ..flops import trace_layers
+from ..utils.environment import device_name, versions
+from ..flops.tables import trace_layers
 from ..models import build_model
 from ..optim import build_optimizer
 from ..methods import build_method

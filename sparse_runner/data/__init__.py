@@ -5,7 +5,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..registry import Registry
+from ..utils.registry import Registry
 from .base import Augment, Data, DataSpec, Loader, TensorLoader, mix_seed
 from .cifar import build_cifar10, build_cifar100
 from .digits import build_digits

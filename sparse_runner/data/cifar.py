@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from .base import Augment, Data, DataSpec, TensorLoader
 from .options import data_root, int_option, subset_indices
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from .base import Data, DataSpec, generator
 from .options import data_root, int_option, subset_indices
 from .shard import check_shardable, num_batches, rank_slice

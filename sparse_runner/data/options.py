@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from .base import generator
 
 _SUBSET_SEED = 0x5B5E7  # fixed: a subset must not change with the run seed (comparable runs)

@@ -8,7 +8,7 @@ resume at global batch ``start`` is the same on every rank.
 """
 from __future__ import annotations
 
-from ..errors import UserError
+from ..utils.errors import UserError
 
 
 def check_shardable(n: int, batch_size: int, world: int, drop_last: bool, what: str) -> None:

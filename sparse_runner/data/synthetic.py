@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from .base import Data, DataSpec, TensorLoader, generator
 from .options import int_option
 

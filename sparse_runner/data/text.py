@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from .base import Data, DataSpec, generator
 from .options import int_option
 

@@ -27,8 +27,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .. import checkpoint as ckpt
-from ..errors import UserError
+from ..outputs import checkpoint as ckpt
+from ..utils.errors import UserError
 from ..sparsity.condensed_ckpt import convert_checkpoint
 from .formats import index_dtype, to_condensed, to_csr
 

@@ -10,8 +10,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..flops import trace_layers
+from ..utils.errors import UserError
+from ..flops.tables import trace_layers
 from . import doped, factorized, parallel, wide  # noqa: F401  (register the families)
 from ._swap import IFTModule
 from .base import IFTS, IFTFamily

@@ -24,8 +24,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..flops import flop_modules
+from ..utils.errors import UserError
+from ..flops.tables import flop_modules
 from ..sparsity.filter import mark_dense
 from .base import IFTFamily
 

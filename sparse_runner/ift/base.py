@@ -16,8 +16,8 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from torch import nn
 
-from ..errors import UserError
-from ..registry import Registry
+from ..utils.errors import UserError
+from ..utils.registry import Registry
 
 Builder = Callable[[float], nn.Module]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..errors import UserError
-from ..isoflop import IsoFlopResult, Refine, isoflop_sparsity
+from ..utils.errors import UserError
+from ..flops.isoflop import IsoFlopResult, Refine, isoflop_sparsity
 
 
 def highest_feasible(floor_at: Callable[[float], float], target: float, s: float,

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..flops import meta_forward
+from ..utils.errors import UserError
+from ..flops.tables import meta_forward
 from .base import IFTS, Builder, expansion
 from ._swap import IFTModule, Layer, LayerSwap, batch_norm, fresh_copy, io
 

@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..flops import LayerTable, trace_layers
-from ..isoflop import S_MAX, IsoFlopResult, isoflop_sparsity
+from ..utils.errors import UserError
+from ..flops.tables import LayerTable, trace_layers
+from ..flops.isoflop import S_MAX, IsoFlopResult, isoflop_sparsity
 from ..models import build_model
 from ..methods import build_method
 from ..sparsity import SparsityMethod, rounding_refine, select_sparse

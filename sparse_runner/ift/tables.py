@@ -18,8 +18,8 @@ import sys
 from importlib import resources
 from typing import Any, Mapping, Sequence
 
-from ..errors import UserError
-from ..flops import human
+from ..utils.errors import UserError
+from ..flops.tables import human
 from ..methods import build_method
 from ..sparsity import planned_nnz
 from . import describe_ift

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..flops import flop_modules
+from ..utils.errors import UserError
+from ..flops.tables import flop_modules
 from .base import IFTS, Builder, IFTFamily, expansion
 from ._swap import is_depthwise
 

@@ -27,18 +27,16 @@ Ahead of time (e.g. in a Docker image, or before a job on a cluster):
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import importlib.resources
 import os
 import shutil
-import sys
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -94,7 +92,7 @@ def _build_root() -> Path:
                 or _cpp_extension().get_default_build_root()) / "sparse_run"
 
 
-def _missing_tool(device_type: str) -> str | None:
+def missing_tool(device_type: str) -> str | None:
     if device_type == "cuda":
         try:
             import triton  # noqa: F401
@@ -159,12 +157,19 @@ def compile_extension(verbose: bool = False) -> Path:
     return lib
 
 
+_LOADERS: dict[str, Callable[[], None]] = {}  # device type -> registers its compiled kernels
+
+
+def register_loader(device_type: str, load: Callable[[], None]) -> None:
+    """Let the module that defines the operators say how their kernels for ``device_type``
+    are registered (ops.py does it for CUDA), so this module never imports the operators."""
+    _LOADERS[device_type] = load
+
+
 def _load(device_type: str) -> str:
     """Build/load the kernels of ``device_type``; return its status ("extension", "triton")."""
     if device_type == "cuda":
-        from . import gpu, ops
-
-        gpu.register_cuda(ops._LIB)
+        _LOADERS["cuda"]()
         return "triton"
     compile_extension(os.environ.get("SPARSE_RUN_BUILD_VERBOSE") == "1")
     return "extension"
@@ -183,7 +188,7 @@ def ensure(device_type: str) -> str:
             _status[device_type] = "reference: no compiled kernels for this device type"
             return _status[device_type]
         reason = ("SPARSE_RUN_NO_EXT is set" if _disabled(device_type)
-                  else _missing_tool(device_type))
+                  else missing_tool(device_type))
         if reason is None:
             try:
                 _status[device_type] = _load(device_type)
@@ -206,31 +211,3 @@ def status() -> dict[str, str]:
     if out.get("cpu") == "extension":
         out["cpu"] = f"extension ({torch.ops.sparse_run_cpu.isa()})"
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sparse_runner.kernels [--cuda] [--verbose]``: build ahead of time."""
-    parser = argparse.ArgumentParser(prog="python -m sparse_runner.kernels",
-                                     description="Build the sparse_run kernels into the cache.")
-    parser.add_argument("--cuda", action="store_true",
-                        help="also compile the Triton GPU kernels for sm_80 and sm_90 (a check: "
-                             "needs no GPU; at run time Triton compiles for the GPU at hand)")
-    parser.add_argument("--verbose", action="store_true", help="show compiler output")
-    args = parser.parse_args(argv)
-    if args.cuda and "triton" not in sys.modules:
-        os.environ["TRITON_INTERPRET"] = "0"  # compile for real targets, not the interpreter
-    from . import ops, sconv_ops  # noqa: F401  (define the schemas the library registers into)
-
-    for device_type in ("cpu", "cuda") if args.cuda else ("cpu",):
-        reason = _missing_tool(device_type)
-        if reason:
-            print(f"cannot build the {device_type} kernels: {reason}", file=sys.stderr)
-            return 1
-        if device_type == "cpu":
-            print(f"cpu: {compile_extension(args.verbose)}")
-            continue
-        from .triton_aot import compile_all
-
-        for line in compile_all():
-            print(f"cuda: {line}")
-    return 0

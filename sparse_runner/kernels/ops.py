@@ -47,6 +47,17 @@ for _name, _fn in (("cfi_forward", reference.forward),
 sparse_ops = torch.ops.sparse_run  # the operator namespace (after the definitions above)
 
 
+def _register_cuda() -> None:
+    """The Triton kernels as the CUDA kernels of these operators (imports triton: only once a
+    CUDA tensor reaches a sparse_run operator)."""
+    from . import gpu
+
+    gpu.register_cuda(_LIB)
+
+
+build.register_loader("cuda", _register_cuda)
+
+
 # ------------------------------------------------------------------ fake (shape-only) kernels
 @torch.library.register_fake("sparse_run::cfi_forward")
 def _forward_fake(x, values, indices, bias, t_index=None):

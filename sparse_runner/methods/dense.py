@@ -5,7 +5,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..flops import LayerTable
+from ..flops.tables import LayerTable
 from ..sparsity.method import SetupContext, SparsityMethod, register
 
 

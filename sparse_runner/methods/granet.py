@@ -16,8 +16,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
-from ..flops import LayerTable
+from ..utils.errors import UserError
+from ..flops.tables import LayerTable
 from ..sparsity.distributions import keep_budget
 from ..sparsity.dst import DynamicSparse, UpdaterOptions, check_updater
 from ..sparsity.method import SetupContext, planned_nnz, register

@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from ..sparsity.method import SetupContext, register
 from ..sparsity.pruning import PruneAtInit, PruneAtInitOptions, batch_stream
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.base import mix_seed
-from ..flops import LayerTable, dense_grad_extra
+from ..flops.tables import LayerTable, dense_grad_extra
 from ..sparsity.gates import GATES, build_gate
 from ..sparsity.masks import MaskManager
 from ..sparsity.method import SetupContext, SparsityMethod, register

@@ -16,8 +16,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
-from ..flops import LayerTable, dense_grad_extra
+from ..utils.errors import UserError
+from ..flops.tables import LayerTable, dense_grad_extra
 from ..sparsity.masks import MaskManager
 from ..sparsity.method import SetupContext, SparsityMethod, register
 from ..sparsity.nm_solver import SOLVERS, nm_nnz, row_nm_mask, transposable_mask

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..flops import LayerTable
+from ..flops.tables import LayerTable
 from ..sparsity.dst import DSTOptions, DynamicSparse
 from ..sparsity.fanin import (fanin_density, fanin_plan, fanin_rounding_steps,
                               install_constant_fanin, row_top, rows_cols, sparse_init_)

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..flops import LayerTable
+from ..flops.tables import LayerTable
 from ..sparsity.fanin import (fanin_density, fanin_plan, fanin_rounding_steps,
                               install_constant_fanin)
 from ..sparsity.method import SetupContext, SparsityMethod, nonzero_steps, planned_nnz, register

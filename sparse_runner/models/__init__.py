@@ -11,8 +11,8 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from ..errors import UserError
-from ..registry import Registry
+from ..utils.errors import UserError
+from ..utils.registry import Registry
 from .base import Factory, count_params, takes
 from .custom import build_custom
 from .gpt import build_gpt

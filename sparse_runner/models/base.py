@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..errors import UserError
+from ..utils.errors import UserError
 
 Factory = Callable[..., nn.Module]
 WIDE_FAMILIES = ("resnet18", "resnet34", "torchvision resnet*/wide_resnet*/resnext*",

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from .base import no_width_knob, takes
 
 

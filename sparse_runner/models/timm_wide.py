@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..utils.errors import UserError
 
 # name -> (channel multiplier, depth multiplier, fix_stem_head) of timm's MobileNetV2 variants
 MOBILENETV2 = {"mobilenetv2_035": (0.35, 1.0, False), "mobilenetv2_050": (0.5, 1.0, False),

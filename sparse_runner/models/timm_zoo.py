@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from . import timm_wide
 from .base import no_width_knob, takes
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from .base import no_width_knob, takes
 from .resnet import BOTTLENECKS, DEPTHS, torchvision_resnet
 

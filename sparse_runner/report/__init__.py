@@ -19,8 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import atomic_write_bytes
-from ..errors import UserError, one_line
+from ..outputs.checkpoint import atomic_write_bytes
+from ..utils.errors import UserError, one_line
 from . import html as html_page
 from .generic import group_rows, load_runs, markdown, plot, sweep_report, to_csv  # noqa: F401
 from .runs import Run, Warn, find_runs, stderr_warn

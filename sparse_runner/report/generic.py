@@ -11,9 +11,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes
-from ..errors import UserError
-from ..flops import human
+from ..outputs.checkpoint import atomic_write_bytes
+from ..utils.errors import UserError
+from ..flops.tables import human
 from .runs import Run, Warn, find_runs, stderr_warn
 
 RUN_COLUMNS = ["run", "status", "model", "ift", "method", "dataset", "s", "s_eff", "seed",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..fsio import load_summary
+from ..outputs.fsio import load_summary
 
 Warn = Callable[[str], None]
 

@@ -17,8 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes
-from ..errors import UserError
+from ..outputs.checkpoint import atomic_write_bytes
+from ..utils.errors import UserError
 from ..sparsity.spectral import METRICS
 from .runs import Run, find_runs
 

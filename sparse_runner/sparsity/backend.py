@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
-from ..errors import UserError
+from ..utils.errors import UserError
 from ..kernels import cfi_linear, sconv2d
 from .backend_choice import layer_inputs, time_layer
 from .condensed_params import CondensedParam

@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     from pathlib import Path
 
-    from .. import checkpoint as ckpt
-    from ..errors import UserError
+    from ..outputs import checkpoint as ckpt
+    from ..utils.errors import UserError
 
     parser = argparse.ArgumentParser(
         prog="sparse-run-report convert",

@@ -13,10 +13,10 @@ import math
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from ..errors import UserError
+from ..utils.errors import UserError
 
 if TYPE_CHECKING:
-    from ..flops import LayerTable
+    from ..flops.tables import LayerTable
 
 Shape = Sequence[int]
 

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..flops import dense_grad_extra
+from ..flops.tables import dense_grad_extra
 from .method import SetupContext, SparsityMethod
 from .options import MethodOptions, check, check_bool, check_choice, is_int, is_num
 from .schedules import Schedule

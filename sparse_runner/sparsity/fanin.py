@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
-from ..flops import LayerTable
+from ..utils.errors import UserError
+from ..flops.tables import LayerTable
 from .method import SetupContext, SparsityMethod, planned_nnz
 from .masks import MaskManager
 

@@ -12,8 +12,8 @@ from typing import Iterable
 
 from torch import nn
 
-from ..errors import UserError
-from ..flops import LayerTable
+from ..utils.errors import UserError
+from ..flops.tables import LayerTable
 
 KEEP_DENSE_ATTR = "_sparse_run_keep_dense"
 

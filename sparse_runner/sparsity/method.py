@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from ..data.base import generator
-from ..flops import LayerTable
-from ..registry import Registry
+from ..flops.tables import LayerTable
+from ..utils.registry import Registry
 from .distributions import flop_rounding, layer_nnz
 from .masks import MaskManager
 from .options import MethodOptions, parse_options

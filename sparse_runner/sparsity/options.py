@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 from typing import Any, Mapping, TypeVar
 
-from ..errors import UserError
+from ..utils.errors import UserError
 
 O = TypeVar("O")
 

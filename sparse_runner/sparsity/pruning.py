@@ -28,8 +28,8 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
-from ..flops import LayerTable
+from ..utils.errors import UserError
+from ..flops.tables import LayerTable
 from .distributions import keep_budget
 from .masks import MaskManager
 from .method import SetupContext, SparsityMethod, nonzero_steps, planned_nnz

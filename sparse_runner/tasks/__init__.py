@@ -1,7 +1,7 @@
 """Task registry: the dataset names its task (``DataSpec.task``), the loop uses it blindly."""
 from __future__ import annotations
 
-from ..registry import Registry
+from ..utils.registry import Registry
 from .base import Accumulator, Shown, Task
 from .classification import Classification, topk_correct
 from .language_model import LanguageModel

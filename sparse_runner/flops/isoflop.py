@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from .errors import UserError
+from ..utils.errors import UserError
 
 S_MAX = 1.0 - 1e-9
 BELOW_RTOL = 1e-6  # a refined result under the target is preferred when this close

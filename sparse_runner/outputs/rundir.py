@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import checkpoint as ckpt
-from .errors import UserError, one_line
+from ..utils.errors import UserError, one_line
 from .fsio import atomic_write_json, clean_temp_files, load_summary, probe_dir, read_json
 from .runconfig import FINGERPRINT_KEYS, describe, differences, flatten, trajectory_config
 from .runlock import RunLock
@@ -113,8 +113,8 @@ def fresh_sibling(run_dir: Path) -> Path:
 def resolved(cfg: DictConfig) -> DictConfig:
     """``method=auto`` resolved, as the run and its checkpoints see it (unchanged when the
     sparsity is invalid: the run reports that itself)."""
-    from .methods.auto import resolve_auto
-    from .plan import requested_sparsity
+    from ..methods.auto import resolve_auto
+    from ..plan import requested_sparsity
 
     try:
         return resolve_auto(cfg, requested_sparsity(cfg))
@@ -165,7 +165,7 @@ def owned(cfg: DictConfig, run_dir: Path) -> Iterator[Ownership]:
 def write_summary(run_dir: Path, summary: dict[str, Any], failing: bool) -> None:
     """Write ``summary.json``; when the run is already failing, a failure to write it is a
     warning line, so the original error (often the same full disk) is the one reported."""
-    from . import summary as sm
+    from .. import summary as sm
 
     try:
         sm.write(run_dir, summary)

@@ -13,7 +13,7 @@ from importlib import resources
 
 from omegaconf import OmegaConf
 
-from . import distributed as dist
+from . import comm as dist
 
 DIR_KEYS = ("out_dir", "hydra.run.dir", "hydra.sweep.dir")
 _NOW = re.compile(r"\$\{now:([^}]*)\}")

@@ -12,7 +12,7 @@ import errno
 import os
 from pathlib import Path
 
-from .errors import UserError
+from ..utils.errors import UserError
 from .fsio import io_error, make_dirs
 
 LOCK_NAME = ".sparse-run.lock"

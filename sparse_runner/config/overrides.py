@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import UserError, one_line
+from ..utils.errors import UserError, one_line
 
 CONF_PACKAGE = "sparse_runner.conf"
 OPEN_MAPS = ("distribution.overrides",)  # maps whose entries the user names (``+k.glob=v``)

@@ -23,10 +23,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
-from . import distributed as dist
-from .data import Data, mix_seed
-from .errors import UserError
+from ..outputs import checkpoint as ckpt
+from . import comm as dist
+from ..data import Data, mix_seed
+from ..utils.errors import UserError
 
 
 def shard_data(data: Data, d: dist.Dist, dataset: str) -> None:

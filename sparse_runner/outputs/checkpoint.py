@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import fsio
-from .errors import UserError
+from ..utils.errors import UserError
 from .fsio import atomic_write
 
 LAST, BEST = "last.pt", "best.pt"

@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .flops import LayerTable, meta_forward, trace_layers
+from .tables import LayerTable, meta_forward, trace_layers
 
 BUDGETS = ("ours", "official")
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)

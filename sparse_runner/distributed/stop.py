@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import distributed as dist
+from . import comm as dist
 
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2"))
                 if s is not None)

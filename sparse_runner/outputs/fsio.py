@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
 
-from .errors import UserError
+from ..utils.errors import UserError
 
 TMP_SUFFIX = ".tmp"
 PROBE_PREFIX = ".sparse-run-probe-"

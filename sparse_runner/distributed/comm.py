@@ -28,7 +28,7 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor
 
-from .errors import TrainingFailed, UserError
+from ..utils.errors import TrainingFailed, UserError
 
 BACKENDS = ("auto", "gloo", "nccl")
 MASK_SYNC = ("verify", "broadcast")

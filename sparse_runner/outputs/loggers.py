@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import UserError
+from ..utils.errors import UserError
 from .fsio import append_line, atomic_write, make_dirs, read_jsonl, rewrite_jsonl
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from .errors import UserError
+from ..utils.errors import UserError
 
 ENV = "SPARSE_RUN_PLUGINS"
 

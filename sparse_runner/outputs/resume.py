@@ -13,10 +13,10 @@ import torch
 from omegaconf import DictConfig
 
 from . import checkpoint as ckpt
-from .errors import UserError, one_line
+from ..utils.errors import UserError, one_line
 from .fsio import atomic_write
 from .runconfig import check_payload, check_resume
-from .sparsity.condensed_ckpt import adapt
+from ..sparsity.condensed_ckpt import adapt
 
 
 def resume_trainer(trainer: Any, cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .errors import UserError
+from ..utils.errors import UserError
 
 # Keys that may differ between the start and a resume of one run (documented in the README).
 NOT_TRAJECTORY = (
