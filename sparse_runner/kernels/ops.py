@@ -141,10 +141,20 @@ torch.library.register_autograd("sparse_run::cfi_forward_packed", _packed_backwa
 
 
 # ------------------------------------------------------------------ autocast
-def _kernel_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+def kernel_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels compute an autocast dtype in: float16 on the CPU has no compiled
     kernel (the C++ kernels do float32/bfloat16/float64), so it computes in float32 there."""
     return torch.float32 if dtype == torch.float16 and device_type == "cpu" else dtype
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, None when off (or when the device type
+    has no autocast, e.g. ``meta``, where asking would raise)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return None
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def autocast_operands(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
@@ -157,10 +167,10 @@ def autocast_operands(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor 
     compiled path (not autocast-aware) float32, and mixed input/weight dtypes raised.
     """
     device = x.device.type
-    if not torch.is_autocast_enabled(device):
+    out = autocast_dtype(device)
+    if out is None:
         return x, values, bias, None
-    out = torch.get_autocast_dtype(device)
-    dtype = _kernel_dtype(device, out)
+    dtype = kernel_dtype(device, out)
     return (x.to(dtype), values.to(dtype), None if bias is None else bias.to(dtype),
             None if dtype == out else out)
 

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import host
+
 if TYPE_CHECKING:
     from .condensed_params import CondensedParam
 
@@ -139,7 +141,8 @@ class MaskManager:
         one host read in all (count_nonzero: a bool .sum() upcasts and is ~10x slower)."""
         stale = [i for i, m in enumerate(self.masks) if not self._fresh(i, m)]
         if stale:
-            counts = torch.stack([torch.count_nonzero(self.masks[i]) for i in stale]).tolist()
+            counts = host.read(torch.stack([torch.count_nonzero(self.masks[i]) for i in stale]),
+                               "nonzeros of the masks changed since the last count")
             for i, n in zip(stale, counts):
                 self._nnz[i] = (self.masks[i], self.masks[i]._version, int(n))
         return [entry[2] for entry in self._nnz]  # type: ignore[index]
