@@ -170,6 +170,13 @@ class CondensedParam:
         grad = grad.to(self.values.dtype)
         self._dense_grad = grad if self._dense_grad is None else self._dense_grad + grad
 
+    def scale_dense_grad_(self, factor: Tensor) -> None:
+        """Scale the dense gradient (a convolution's, or the dense leaf's) in place."""
+        if self._dense_grad is not None:
+            self._dense_grad.mul_(factor)
+        if self._leaf is not None and self._leaf[0].grad is not None:
+            self._leaf[0].grad.mul_(factor)
+
     def dense_leaf(self) -> Tensor:
         """A dense leaf for a dense pass; its gradient is gathered into ``values.grad``."""
         if self._leaf is None or self._leaf[1] != self.values._version:

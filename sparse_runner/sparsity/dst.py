@@ -196,6 +196,9 @@ class DynamicSparse(SparsityMethod):
         params = self.masks.params
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         part = torch._foreach_div(grads, float(self.opts.grad_accumulation_n))
+        # an fp16 overflow step (skipped by the GradScaler) leaves inf/NaN entries: they
+        # would become inf growth scores; they count as zero (sync-free, no skip decision)
+        part = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in part]
         if self._acc is None:
             self._acc = list(part)
         else:
