@@ -3,6 +3,7 @@ micro-batch but the last; same weights as without it), and the wrapping sets wha
 needs (device_ids/output_device on the rank's GPU, SyncBatchNorm)."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -41,6 +42,7 @@ def _both(rank: int) -> tuple[dict, dict]:
     return _train(rank, True), _train(rank, False)
 
 
+@pytest.mark.slow   # two spawned gloo ranks (~10 s of imports each)
 def test_no_sync_all_reduces_once_per_optimizer_step(tmp_path):
     runs = on_ranks(_both, tmp_path, 2)
     with_, without = [r[0] for r in runs], [r[1] for r in runs]
