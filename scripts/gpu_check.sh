@@ -4,8 +4,9 @@
 #   scripts/gpu_check.sh [OUT_DIR]        (default: $OUT if set, else ./gpu_check_out)
 #
 # Stages, each in its own process under its own time limit, one line per check:
-#   env 15 s | build 70 s | correct 65 s | sanitizer 2 x 40 s | kernels 95 s | sconv 75 s |
-#   train 90 s | sync 45 s (8 min 55 s if every stage ran to its limit)
+#   env 15 s | build 70 s | correct 55 s | sanitizer 2 x 30 s | kernels 75 s | sconv 60 s |
+#   swrn 55 s | train 75 s | sync 40 s | ddp 30 s, only with 2+ GPUs (torchrun over all)
+#   (8 min 55 s if every stage ran to its limit)
 # then a final table and OUT_DIR/results.json (device, versions, date, every check).
 # Needs torch with CUDA and triton. hydra-core, omegaconf, antlr4 and wandb are installed from
 # the wheels in .whl/ when that folder exists (into a private folder, nothing system-wide).
@@ -66,20 +67,27 @@ stage() {  # stage NAME SECONDS [ARGS...]
 
 stage env 15
 stage build 70
-stage correct 65
+stage correct 55
 if command -v compute-sanitizer >/dev/null 2>&1; then
   for tool in memcheck racecheck; do
-    check "sanitizer_$tool" 40 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 5 \
+    check "sanitizer_$tool" 30 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 5 \
       "$PY" -m sparse_runner.bench.gpu_check correct --small --name "sanitizer_$tool" --out "$OUT_DIR"
   done
 else
   echo "[sanitizer] compute-sanitizer: skip (not on PATH)"
   record sanitizer_memcheck skip "" "compute-sanitizer is not on PATH"
 fi
-stage kernels 95
-stage sconv 75
-stage train 90
-stage sync 45
+stage kernels 75
+stage sconv 60
+stage swrn 55
+stage train 75
+stage sync 40
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+if [ "$NGPU" -gt 1 ]; then
+  stage ddp 30 --nproc "$NGPU"   # torchrun --nproc_per_node=$(nvidia-smi -L | wc -l)
+else
+  record ddp skip "" "one GPU visible: the torchrun stage needs two or more"
+fi
 
 "$PY" -m sparse_runner.bench.gpu_check table --out "$OUT_DIR"
 exit $?

@@ -9,8 +9,10 @@ optim.py the scaler hands its scale and inf flag to the optimizer kernel, so a s
 check costs no host sync; with an unfused optimizer ``GradScaler.step`` reads the flag (one
 sync per step, fp16 only).
 
-Methods that read gradients (RigL/SRigL growth scores, SNIP) must call :meth:`unscale_` first:
-the ranking is invariant to the scale, but an overflowed step carries inf gradients.
+Methods that read dense gradients (RigL/SRigL/GraNet growth scores) get them unscaled: on
+those steps the training step calls :meth:`unscale_` (and :meth:`inv_scale` for the dense
+views the optimizer does not hold) before the method's ``before_optimizer_step``; entries an
+overflow made inf/NaN count as zero in the growth scores (``DynamicSparse._accumulate``).
 """
 from __future__ import annotations
 
@@ -70,6 +72,14 @@ class Precision:
         step, before :meth:`step`."""
         if self.scaling:
             self.scaler.unscale_(optimizer)
+
+    def inv_scale(self) -> torch.Tensor | None:
+        """1/scale as a device tensor (no host read; ``GradScaler.get_scale`` would sync);
+        None when not scaling or before the first scaled backward."""
+        scale = getattr(self.scaler, "_scale", None)   # private, read-only: see the docstring
+        if not self.scaling or scale is None:
+            return None
+        return scale.double().reciprocal().float()
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """``optimizer.step()``; under fp16 skipped when a gradient is inf/NaN, then the scale

@@ -5,6 +5,7 @@ One optimizer step calls the method's hooks in this order (the contract of
 
     method.before_step(step)
     for each micro-batch: forward, loss, (loss / n_micro).backward(), method.after_backward(step)
+        (data-parallel runs: all but the last micro-batch under DDP's no_sync)
     learning rate <- lr_at(step)
     if method.before_optimizer_step(step): optimizer.step()      # masks gradients; may skip
     optimizer.zero_grad(set_to_none=True)
@@ -65,6 +66,7 @@ class TrainStep:
         self.prep = prep
         self.units = units  # samples (default: y.shape[0]) or tokens a batch holds (the task's)
         self.mask_sync = mask_sync   # data-parallel runs: "verify" | "broadcast" after mask updates
+        self.no_sync = ddp.no_sync(self.forward)   # gradients all-reduced once per step
 
     def __call__(self, step: int, batches: Iterator[Batch]) -> StepResult:
         """Run optimizer step ``step`` (steps completed before this one) on the next batches."""
@@ -72,13 +74,14 @@ class TrainStep:
         method.before_step(step)
         loss_sum, finite, n = None, None, 0
         stats: dict[str, Tensor] = {}
-        for _ in range(micro):
+        for k in range(micro):
             x, y = next(batches)
-            with self.autocast():
-                out = self.forward(self.prep(x))
-                loss = self.loss_fn(out.float(), y)
-            self.backward(loss / micro)
-            method.after_backward(step)
+            with self.no_sync() if k < micro - 1 else contextlib.nullcontext():
+                with self.autocast():
+                    out = self.forward(self.prep(x))
+                    loss = self.loss_fn(out.float(), y)
+                self.backward(loss / micro)
+                method.after_backward(step)
             detached = loss.detach()
             count = self.units(y) if self.units is not None else (
                 int(y.shape[0]) if isinstance(y, Tensor) and y.ndim else 1)
@@ -101,9 +104,22 @@ class TrainStep:
             lr = self.lr_at(step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+        if self.precision is not None and self.method.dense_grad_wanted(step):
+            self._unscale()
         if self.method.before_optimizer_step(step):
             if self.precision is None:
                 self.optimizer.step()
             else:
                 self.precision.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _unscale(self) -> None:
+        """fp16: the method is about to read dense gradients (growth scores): divide them by
+        the loss scale first, the optimizer's (the step then does not unscale again) and the
+        dense views the optimizer does not hold. Overflowed entries stay inf/NaN here; the
+        method's reader sanitises them (``DynamicSparse._accumulate``), the step is skipped."""
+        inv = self.precision.inv_scale()
+        if inv is None:
+            return
+        self.precision.unscale_(self.optimizer)
+        self.method.unscale_dense_grads(inv)

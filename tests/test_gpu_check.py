@@ -47,11 +47,12 @@ def test_script_stages_record_failures_and_write_results(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {"date", "device", "environment", "counts", "stages"} <= set(results)
-    for stage in ("env", "build", "correct", "kernels", "sconv", "train", "sync"):
+    for stage in ("env", "build", "correct", "kernels", "sconv", "swrn", "train", "sync"):
         assert results["stages"][stage][-1]["status"] == "fail", stage
         assert f"[{stage}] stage: fail 3" in r.stdout
     assert results["stages"]["sanitizer_memcheck"][0]["status"] == "skip"
-    assert "totals: fail 7" in r.stdout
+    assert results["stages"]["ddp"][0]["status"] == "skip"   # one (fake) GPU: no torchrun
+    assert "totals: fail 8" in r.stdout
 
 
 def test_stage_without_cuda_says_so_in_one_line(tmp_path, capsys):

@@ -23,8 +23,8 @@ from typing import Iterable, Iterator
 from ._gpu_stage import Check
 
 STEPS, BATCH = 50, 256
-RUN_TIMEOUT_S = 28    # three runs fit the train stage's 90 s; two audit runs fit sync's 45 s
-AUDIT_TIMEOUT_S = 20
+RUN_TIMEOUT_S = 24    # three runs fit the train stage's 75 s; two audit runs fit sync's 40 s
+AUDIT_TIMEOUT_S = 19
 RUNS = {"dense": ["method=dense"],
         "rigl_masked": ["method=rigl", "s=0.9"],
         "srigl_condensed": ["method=srigl", "s=0.9", "sparse.backend=condensed"]}

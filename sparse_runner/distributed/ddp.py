@@ -18,7 +18,8 @@ unconditionally and never branches on the launch. What is synchronised, and how:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+from typing import Any, Callable, ContextManager, Mapping
 
 import torch
 from torch import nn
@@ -64,9 +65,24 @@ def wrap(model: nn.Module, d: dist.Dist, find_unused: bool = False) -> nn.Module
     masks, optimizer and checkpoints keep using ``model`` itself)."""
     if not d.enabled:
         return model
-    ids = [d.device.index] if d.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids,
+    # one GPU per process: the module lives on it, and DDP must be told (device_ids) or it
+    # treats the module as multi-device; CPU ranks take None for both
+    index = d.device.index if d.device.type == "cuda" else None
+    if d.device.type == "cuda" and index is None:
+        index = torch.cuda.current_device()
+    ids = None if index is None else [index]
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=index,
                                                find_unused_parameters=find_unused)
+
+
+def no_sync(forward: Any) -> Callable[[], ContextManager[Any]]:
+    """The context for every micro-batch but the last of a gradient accumulation: DDP's
+    ``no_sync`` (gradients accumulate locally, one all-reduce per optimizer step instead of
+    one per micro-batch) when ``forward`` is a DDP module, compiled or not; else a no-op."""
+    module = getattr(forward, "_orig_mod", forward)   # torch.compile's OptimizedModule
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        return module.no_sync
+    return contextlib.nullcontext
 
 
 def sync_initial_masks(method: Any, mode: str) -> list[str]:

@@ -11,7 +11,7 @@ CUDA: the kernels are Triton (triton_cfi.py), JIT-compiled by Triton for the GPU
 first call (its own cache, ~/.triton); ``ensure("cuda")`` registers them. No nvcc is needed.
 
 If a build cannot happen (no C++ compiler, no ninja, no triton, a compile error) or is
-switched off, the operators keep their pure-PyTorch reference kernels and one warning per
+switched off, the operators keep their pure-PyTorch fallback (fallback.py) and one warning per
 device type says why: results are identical, only slower.
 
 Environment:
@@ -198,8 +198,8 @@ def ensure(device_type: str) -> str:
         _status[device_type] = f"reference: {reason}"
         warnings.warn(
             f"sparse_run: the compiled constant fan-in kernels are not available on "
-            f"{device_type} because {reason}; using the pure-PyTorch reference "
-            f"implementation instead (same results, no speedup over dense). To build them: "
+            f"{device_type} because {reason}; using the pure-PyTorch fallback "
+            f"instead (gathers at the nonzeros: same results, no speedup over dense). To build them: "
             f"python -m sparse_runner.kernels{' --cuda' if device_type == 'cuda' else ''}",
             RuntimeWarning, stacklevel=3)
         return _status[device_type]

@@ -14,11 +14,12 @@ A constant fan-in weight is stored condensed: ``values`` [n_out, k] and int32 ``
 
 The first three cover training and are closed under differentiation (each derivative is one
 of them), so autograd is registered for all three and double backward works too. Schemas live here, in Python, so the
-operators exist whether or not the compiled kernels load: the reference (dense matmuls, see
-reference.py) is registered as the CompositeExplicitAutograd kernel, and the compiled CPU/CUDA
+operators exist whether or not the compiled kernels load: the fallback (gathers at the
+nonzeros, no dense weight, fallback.py; reference.py is the dense oracle the tests use) is
+registered as the CompositeExplicitAutograd kernel, and the compiled CPU/CUDA
 kernels, when loaded by build.py, override it for their device. torch.compile sees the fake
 (shape-only) kernels. Call :func:`cfi_linear` (or use ``SparseLinear``), which loads the kernels
-on first use; ``torch.ops.sparse_run.*`` used directly run the reference until then.
+on first use; ``torch.ops.sparse_run.*`` used directly run the fallback until then.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from . import build, reference
+from . import build, fallback, reference
 
 _LIB = torch.library.Library("sparse_run", "DEF")  # noqa: TOR901 (kept alive for the process)
 _LIB.define("cfi_forward(Tensor x, Tensor values, Tensor indices, Tensor? bias, "
@@ -37,9 +38,9 @@ _LIB.define("cfi_backward_weight(Tensor grad_out, Tensor x, Tensor indices) -> T
 _LIB.define("cfi_transpose_index(Tensor indices, SymInt n_in) -> Tensor")
 _LIB.define("cfi_forward_packed(Tensor x, Tensor pvals, Tensor pidx, Tensor counts, Tensor? bias, "
             "SymInt n_out) -> Tensor")
-for _name, _fn in (("cfi_forward", reference.forward),
-                   ("cfi_backward_input", reference.backward_input),
-                   ("cfi_backward_weight", reference.backward_weight),
+for _name, _fn in (("cfi_forward", fallback.forward),        # no dense weight per call
+                   ("cfi_backward_input", fallback.backward_input),
+                   ("cfi_backward_weight", fallback.backward_weight),
                    ("cfi_transpose_index", reference.transpose_index),
                    ("cfi_forward_packed", reference.forward_packed)):
     _LIB.impl(_name, _fn, "CompositeExplicitAutograd")
@@ -152,10 +153,20 @@ torch.library.register_autograd("sparse_run::cfi_forward_packed", _packed_backwa
 
 
 # ------------------------------------------------------------------ autocast
-def _kernel_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+def kernel_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels compute an autocast dtype in: float16 on the CPU has no compiled
     kernel (the C++ kernels do float32/bfloat16/float64), so it computes in float32 there."""
     return torch.float32 if dtype == torch.float16 and device_type == "cpu" else dtype
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, None when off (or when the device type
+    has no autocast, e.g. ``meta``, where asking would raise)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return None
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def autocast_operands(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
@@ -168,10 +179,10 @@ def autocast_operands(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor 
     compiled path (not autocast-aware) float32, and mixed input/weight dtypes raised.
     """
     device = x.device.type
-    if not torch.is_autocast_enabled(device):
+    out = autocast_dtype(device)
+    if out is None:
         return x, values, bias, None
-    out = torch.get_autocast_dtype(device)
-    dtype = _kernel_dtype(device, out)
+    dtype = kernel_dtype(device, out)
     return (x.to(dtype), values.to(dtype), None if bias is None else bias.to(dtype),
             None if dtype == out else out)
 

@@ -159,14 +159,18 @@ torch.library.register_autograd("sparse_run::sconv_backward_weight", _bwd_weight
 
 
 # ------------------------------------------------------------------ entry points
-def ell_from_mask(mask: torch.Tensor) -> torch.Tensor:
+def ell_from_mask(mask: torch.Tensor, width: int | None = None) -> torch.Tensor:
     """Bool mask [O, C, kh, kw] (or [O, n]) -> int32 ELL index [O, K], ascending per row.
 
     K = the largest row count (at least 1); a row with fewer nonzeros is padded with -1.
+    ``width``: that largest row count when the caller knows it (else read here: a host sync
+    on a GPU; training reads it once per mask update, sparsity/host.py).
     """
     flat = mask.reshape(mask.shape[0], -1).bool()
     counts = flat.sum(1)
-    k = max(1, int(counts.max()) if counts.numel() else 1)
+    if width is None:
+        width = int(counts.max()) if counts.numel() else 1
+    k = max(1, width)
     order = torch.argsort((~flat).to(torch.uint8), dim=1, stable=True)[:, :k]
     slots = torch.arange(k, device=mask.device).expand(flat.shape[0], k)
     return torch.where(slots < counts.unsqueeze(1), order, -1).to(torch.int32).contiguous()

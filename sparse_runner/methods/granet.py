@@ -146,8 +146,9 @@ class GraNet(DynamicSparse):
             if k < sum(self.masks.nnz()):
                 self.masks.set_masks(self._magnitude_prune(k))
         out = {}
+        nnz = self.masks.nnz()
         for i, (p, m) in enumerate(zip(self.masks.params, self.masks.masks)):
-            n = math.ceil(fraction * int(m.sum()))
+            n = math.ceil(fraction * nnz[i])
             if n > 0:
                 out[i] = drop_and_grow(m, p.detach().abs(), self.dense_grad(i).abs(), n)
         return out

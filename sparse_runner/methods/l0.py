@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..data.base import mix_seed
 from ..flops.tables import LayerTable, dense_grad_extra
+from ..sparsity import host
 from ..sparsity.gates import GATES, build_gate
 from ..sparsity.masks import MaskManager
 from ..sparsity.method import SetupContext, SparsityMethod, register
@@ -114,9 +115,12 @@ class L0(SparsityMethod):
         for i, (p, d0) in enumerate(zip(self.masks.params, self._start)):
             noise = torch.randn(p.shape, generator=self.rng(-1, i)).to(p.device)
             self.alpha.append((self.gate.init_value(d0) + 0.01 * noise).requires_grad_(True))
-        self.gate_opt = torch.optim.Adam(self.alpha, lr=float(self.opts.gate_lr))
-        self._lam = torch.full((len(self.alpha),), float(self.opts.lambda_init))
-        self._err = torch.zeros(len(self.alpha))
+        # fused (as optim.py's): the unfused Adam reads its step count on the host per tensor
+        fused = all(a.device.type in ("cpu", "cuda") for a in self.alpha) or None
+        self.gate_opt = torch.optim.Adam(self.alpha, lr=float(self.opts.gate_lr), fused=fused)
+        dev = self.alpha[0].device if self.alpha else None   # λ lives with the gates: no sync
+        self._lam = torch.full((len(self.alpha),), float(self.opts.lambda_init), device=dev)
+        self._err = torch.zeros(len(self.alpha), device=dev)
         self.shadow = Shadow(self.masks.params)
         self._step, self._shown, self._noise = 0, None, None
         self._reported = self._expected()
@@ -140,6 +144,8 @@ class L0(SparsityMethod):
 
     def _uniform(self, step: int, layer: int, p: Tensor) -> Tensor:
         """Gate noise for (step, layer) from a stateless generator on the weight's device."""
+        if p.is_meta:   # no data and no generator there (tests/test_meta_step.py)
+            return torch.empty_like(p)
         gen = torch.Generator(device=p.device).manual_seed(mix_seed(self.ctx.seed, 0x10, step, layer))
         return torch.rand(p.shape, generator=gen, device=p.device, dtype=p.dtype)
 
@@ -158,7 +164,7 @@ class L0(SparsityMethod):
             data = data + self.gate.extra_penalty(a)
         grads = torch.autograd.grad(data, self.alpha, allow_unused=True)
         with torch.no_grad():
-            for a, g, lam in zip(self.alpha, grads, self._lam.tolist()):
+            for a, g, lam in zip(self.alpha, grads, self._lam.unbind()):
                 g = torch.zeros_like(a) if g is None else g
                 p = self.gate.p_open(a)
                 slope = p * (1 - p)                   # d P(z != 0) / da for both gate kinds
@@ -186,7 +192,8 @@ class L0(SparsityMethod):
             return self._harden()
         if (step + 1) % self.report_every == 0:
             self._reported = self._expected()
-            return {"expected_density": self._expected_global(), "lambda": self._lam.mean().item()}
+            lam = host.read(self._lam.mean(), "L0 density event: mean penalty weight")
+            return {"expected_density": self._expected_global(), "lambda": lam}
         return None
 
     @torch.no_grad()
@@ -194,22 +201,27 @@ class L0(SparsityMethod):
         """PI law on λ_l with the relative density error of each layer (λ may turn negative:
         the density is an equality constraint, so its multiplier can also open gates)."""
         total = self.ctx.total_steps
-        err = torch.tensor([
-            (self._density(a) - ref) / ref for a, ref in
-            ((a, self._reference(d0, k / a.numel(), t, total))
-             for a, d0, k in zip(self.alpha, self._start, self._final))])
+        dens = self._gate_densities()
+        ref = torch.tensor([self._reference(d0, k / a.numel(), t, total)
+                            for a, d0, k in zip(self.alpha, self._start, self._final)],
+                           dtype=dens.dtype, device=dens.device)
+        err = (dens - ref) / ref        # on the device: the controller costs no host read
         self._lam += self.ki * err + self.kp * (err - self._err)
         self._err = err
 
-    def _density(self, a: Tensor) -> float:
-        return float(self.gate.p_open(a.detach()).mean())
+    def _gate_densities(self) -> Tensor:
+        """P(z != 0) per layer, a device tensor."""
+        return torch.stack([self.gate.p_open(a.detach()).float().mean() for a in self.alpha])
+
+    def _densities(self) -> list[float]:
+        return host.read(self._gate_densities(), "L0 density event: expected gate densities")
 
     def _expected(self) -> dict[str, float]:
-        return {n: self._density(a) for n, a in zip(self.masks.names, self.alpha)}
+        return dict(zip(self.masks.names, self._densities()))
 
     def _expected_global(self) -> float:
         total = sum(a.numel() for a in self.alpha)
-        return sum(self._density(a) * a.numel() for a in self.alpha) / total
+        return sum(d * a.numel() for d, a in zip(self._densities(), self.alpha)) / total
 
     @torch.no_grad()
     def _harden(self) -> dict[str, Any]:
@@ -244,7 +256,8 @@ class L0(SparsityMethod):
             names = self.masks.names
             state.update(alpha={n: a.detach().cpu().clone() for n, a in zip(names, self.alpha)},
                          dense=self.shadow.state_dict(names), gate_opt=self.gate_opt.state_dict(),
-                         lam=self._lam.clone(), err=self._err.clone(), reported=dict(self._reported))
+                         lam=self._lam.cpu().clone(), err=self._err.cpu().clone(),
+                         reported=dict(self._reported))
         return state
 
     def load_state_dict(self, state: Mapping[str, Any], masks: Mapping[str, Tensor]) -> None:
@@ -260,6 +273,6 @@ class L0(SparsityMethod):
                 a.copy_(state["alpha"][n])
         self.shadow.load_state_dict(names, state["dense"])
         self.gate_opt.load_state_dict(state["gate_opt"])
-        self._lam = state["lam"].clone()
-        self._err = state["err"].clone()
+        self._lam = state["lam"].to(self._lam.device).clone()
+        self._err = state["err"].to(self._err.device).clone()
         self._reported = dict(state["reported"])

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..utils.errors import UserError
 from ..flops.tables import LayerTable, dense_grad_extra
+from ..sparsity import host
 from ..sparsity.masks import MaskManager
 from ..sparsity.method import SetupContext, SparsityMethod, register
 from ..sparsity.nm_solver import SOLVERS, nm_nnz, row_nm_mask, transposable_mask
@@ -128,7 +129,8 @@ class NM(SparsityMethod):
         Masks are swapped in directly, not through ``MaskManager.set_masks``: the dense weights
         and their optimizer state must survive (straight-through)."""
         old = self.masks.masks
-        changed = sum(int((m != o).sum()) for m, o in zip(masks, old)) // 2
+        diff = torch.stack([(m.to(o.device) != o).sum() for m, o in zip(masks, old)])
+        changed = sum(host.read(diff, "N:M mask change: positions that moved")) // 2
         self.masks.masks = [m.to(p.device) for m, p in zip(masks, self.masks.params)]
         self.shadow.show([w * m for w, m in zip(self.shadow.dense, self.masks.masks)])
         return changed

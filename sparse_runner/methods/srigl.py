@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..flops.tables import LayerTable
+from ..sparsity import host
 from ..sparsity.dst import DSTOptions, DynamicSparse
 from ..sparsity.fanin import (fanin_density, fanin_plan, fanin_rounding_steps,
                               install_constant_fanin, row_top, rows_cols, sparse_init_)
@@ -87,7 +88,8 @@ class SRigL(DynamicSparse):
         out = {}
         for i, (p, m) in enumerate(zip(self.masks.params, self.masks.masks)):
             out[i] = srigl_layer(p.detach(), m, self.dense_grad(i), int(self._nnz[i] * fraction),
-                                 self._budget[i], self._k0[i], self.gamma_sal, self._ablatable[i])
+                                 self._budget[i], self._k0[i], self.gamma_sal, self._ablatable[i],
+                                 self._nnz[i])
         return out
 
     def ablated(self) -> dict[str, Tensor]:
@@ -96,7 +98,8 @@ class SRigL(DynamicSparse):
                                                                       self.masks.masks)}
 
     def event_extra(self) -> dict[str, Any]:
-        return {"ablated_neurons": sum(int(a.sum()) for a in self.ablated().values())}
+        counts = torch.stack([a.sum() for a in self.ablated().values()])
+        return {"ablated_neurons": sum(host.read(counts, "mask-update event: ablated neurons"))}
 
     def state_dict(self) -> dict[str, Any]:
         """Adds the ablated neurons for inspection; on load they follow from the masks."""
@@ -111,27 +114,34 @@ def neurons_to_ablate(kept: Tensor, g: Tensor, n_prune: int, budget: int, k0: in
     counts = (kept | top_flat(g, n_prune)).sum(1)
     gamma = int(gamma_sal) if gamma_sal >= 1 else max(1, int(gamma_sal * k0))
     rank = min(budget // cols, rows - 1)
-    gamma = min(gamma, int(counts.sort(descending=True).values[rank]))
+    gamma = min(gamma, host.read(counts.sort(descending=True).values[rank],
+                                 "SRigL: salient-weight count of the neuron at the budget rank"))
     return counts < gamma
 
 
 @torch.no_grad()
 def srigl_layer(w: Tensor, mask: Tensor, grad: Tensor, n_prune: int, budget: int, k0: int,
-                gamma_sal: float, ablatable: bool) -> Tensor:
-    """One SRigL update of one layer; returns the new mask (constant fan-in, ablated rows 0)."""
+                gamma_sal: float, ablatable: bool, nnz: int | None = None) -> Tensor:
+    """One SRigL update of one layer (``nnz``: the mask's nonzeros, counted if not given);
+    returns the new mask (constant fan-in, ablated rows 0)."""
     rows, cols = rows_cols(w.shape)
     m = mask.reshape(rows, cols)
     a = w.reshape(rows, cols).abs().float()
     g = grad.reshape(rows, cols).abs().float()
-    n_keep = int(torch.count_nonzero(m)) - n_prune
+    if nnz is None:
+        nnz = host.read(torch.count_nonzero(mask), "SRigL: nonzeros of the layer")
+    n_keep = nnz - n_prune
     keep = top_flat(a.masked_fill(~m, -math.inf), n_keep)
     ablated = torch.zeros(rows, dtype=torch.bool, device=m.device)
+    n_ablated = 0
     if ablatable:
         ablated = neurons_to_ablate(keep, g, n_prune, budget, k0, gamma_sal)
-    k = budget // (rows - int(ablated.sum()))
-    if bool(ablated.any()):  # re-pick the kept set among the surviving neurons only
         live = m & ~ablated[:, None]
-        keep = top_flat(a.masked_fill(~live, -math.inf), min(n_keep, int(torch.count_nonzero(live))))
+        n_ablated, n_live = host.read(torch.stack([ablated.sum(), torch.count_nonzero(live)]),
+                                      "SRigL: ablated neurons and the weights they leave")
+    k = budget // (rows - n_ablated)
+    if n_ablated:  # re-pick the kept set among the surviving neurons only
+        keep = top_flat(a.masked_fill(~live, -math.inf), min(n_keep, n_live))
     keep &= row_top(a.masked_fill(~keep, -math.inf), k, k)
     need = (k - keep.sum(1)) * (~ablated)
     new = keep | row_top(g.masked_fill(keep, -math.inf), need, k)

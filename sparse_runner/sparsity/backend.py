@@ -37,6 +37,7 @@ from torch.nn.grad import conv2d_weight
 
 from ..utils.errors import UserError
 from ..kernels import cfi_linear, sconv2d
+from ..kernels.ops import autocast_dtype, kernel_dtype
 from .backend_choice import layer_inputs, time_layer
 from .condensed_params import CondensedParam
 
@@ -133,7 +134,7 @@ class CondensedLayer:
         if key == self._key:
             return
         self.valid = idx >= 0
-        self.all_valid = bool(self.valid.all())
+        self.all_valid = not self.store.padded   # known from the mask update: no host read
         if self.kernel == "sconv":
             self.idx = idx
         else:  # the linear kernels have no padded slots: zero-valued copies of column 0
@@ -170,9 +171,9 @@ class CondensedLayer:
         m = self.module
         self._refresh()
         values, bias = self.store.values, m.bias
-        device = x.device.type
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
+        dtype = autocast_dtype(x.device.type)
+        if dtype is not None:
+            dtype = kernel_dtype(x.device.type, dtype)   # CPU fp16: computed in fp32
             x, values = x.to(dtype), values.to(dtype)
             bias = None if bias is None else bias.to(dtype)
         if self.kernel == "sconv":  # padded slots: skipped, zero gradient

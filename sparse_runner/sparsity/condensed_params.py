@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kernels import ell_from_mask
+from . import host
 
 
 def gather_ell(dense: Tensor, index: Tensor) -> Tensor:
@@ -38,6 +39,17 @@ def scatter_ell(values: Tensor, index: Tensor, shape: tuple[int, ...]) -> Tensor
     out = values.new_zeros(shape[0], math.prod(shape[1:]))
     src = values.masked_fill(index < 0, 0)   # pads add 0 to column 0 (scatter_add: no clash)
     return out.scatter_add_(1, index.clamp(min=0).long(), src).view(shape)
+
+
+def ell_of(mask: Tensor) -> tuple[Tensor, bool]:
+    """The ELL index of ``mask`` and whether it has padded slots (rows of unequal counts):
+    one host read per mask change, the only one the condensed backend makes."""
+    counts = mask.reshape(mask.shape[0], -1).sum(1)
+    if counts.numel() == 0:
+        return ell_from_mask(mask), False
+    hi, lo = host.read(torch.stack([counts.max(), counts.min()]),
+                       "condensed layer: ELL width of a new mask")
+    return ell_from_mask(mask, hi), lo < hi
 
 
 def remap_positions(old: Tensor, new: Tensor, ncols: int) -> Tensor:
@@ -65,7 +77,7 @@ class CondensedParam:
         self.module, self.name = module, name
         self.shape = tuple(w.shape)
         self.ncols = math.prod(self.shape[1:])
-        self._index = ell_from_mask(mask.to(w.device))
+        self._index, self.padded = ell_of(mask.to(w.device))
         self.values = nn.Parameter(gather_ell(w.detach(), self._index),
                                    requires_grad=w.requires_grad)
         self.installed = False
@@ -107,6 +119,7 @@ class CondensedParam:
     def _adopt_shapes(self, module: nn.Module, state_dict: dict[str, Any], prefix: str,
                       *args: Any) -> None:
         """A checkpoint taken after a mask update may have another K: take its shape first."""
+        self.padded = True   # the loaded index is unread: the kernels mask padded slots
         saved = state_dict.get(prefix + "values")
         if saved is not None and saved.shape != self.values.shape:
             self._replace_values(self.values.detach().new_empty(saved.shape),
@@ -121,7 +134,7 @@ class CondensedParam:
         grown ones start at 0 with 0 state, dropped ones are gone (K may change)."""
         if optimizer is not None:
             self.optimizer = optimizer
-        new = ell_from_mask(mask.to(self.values.device))
+        new, self.padded = ell_of(mask.to(self.values.device))
         src = remap_positions(self.index, new, self.ncols)
         p = self.values
         grad = None if p.grad is None else remap(p.grad, src)
@@ -156,6 +169,13 @@ class CondensedParam:
         """Accumulate a dense weight gradient (micro-batches add up) for :meth:`dense`."""
         grad = grad.to(self.values.dtype)
         self._dense_grad = grad if self._dense_grad is None else self._dense_grad + grad
+
+    def scale_dense_grad_(self, factor: Tensor) -> None:
+        """Scale the dense gradient (a convolution's, or the dense leaf's) in place."""
+        if self._dense_grad is not None:
+            self._dense_grad.mul_(factor)
+        if self._leaf is not None and self._leaf[0].grad is not None:
+            self._leaf[0].grad.mul_(factor)
 
     def dense_leaf(self) -> Tensor:
         """A dense leaf for a dense pass; its gradient is gathered into ``values.grad``."""

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..flops.tables import dense_grad_extra
+from . import host
 from .method import SetupContext, SparsityMethod
 from .options import MethodOptions, check, check_bool, check_choice, is_int, is_num
 from .schedules import Schedule
@@ -137,12 +138,14 @@ class DynamicSparse(SparsityMethod):
         old = list(self.masks.masks)
         self.masks.set_masks(self.new_masks(step, fraction))
         self._acc = None
-        changed = sum(int(torch.count_nonzero(m & ~o)) for m, o in zip(self.masks.masks, old))
         for ever, m in zip(self._ever, self.masks.masks):
             ever |= m
+        counts = torch.stack([torch.count_nonzero(m & ~o) for m, o in zip(self.masks.masks, old)]
+                             + [torch.count_nonzero(e) for e in self._ever])
+        counts = host.read(counts, "mask-update event: grown positions and ITOP coverage")
         self._refresh()
         total = sum(m.numel() for m in self.masks.masks)
-        itop = sum(int(torch.count_nonzero(e)) for e in self._ever) / total
+        changed, itop = sum(counts[:len(old)]), sum(counts[len(old):]) / total
         return {"global_sparsity": 1.0 - sum(self._nnz) / total, "drop_fraction": fraction,
                 "changed": changed, "itop": itop, **self.event_extra()}
 
@@ -193,6 +196,9 @@ class DynamicSparse(SparsityMethod):
         params = self.masks.params
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         part = torch._foreach_div(grads, float(self.opts.grad_accumulation_n))
+        # an fp16 overflow step (skipped by the GradScaler) leaves inf/NaN entries: they
+        # would become inf growth scores; they count as zero (sync-free, no skip decision)
+        part = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in part]
         if self._acc is None:
             self._acc = list(part)
         else:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import host
+
 if TYPE_CHECKING:
     from .condensed_params import CondensedParam
 
@@ -35,6 +37,14 @@ class DenseViews(Sequence[Tensor]):
 
     def __init__(self, manager: MaskManager) -> None:
         self._m = manager
+
+    @torch.no_grad()
+    def unscale_dense_grads(self, inv_scale: Tensor) -> None:
+        """Multiply the condensed layers' dense gradients by ``inv_scale`` (fp16 unscaling of
+        what the optimizer does not hold; a layer stored dense is the optimizer's own)."""
+        for store in self.stores:
+            if store is not None:
+                store.scale_dense_grad_(inv_scale)
 
     def __len__(self) -> int:
         return len(self._m.names)
@@ -78,6 +88,14 @@ class MaskManager:
         for store in self.stores:
             if store is not None:
                 store.release()
+
+    @torch.no_grad()
+    def unscale_dense_grads(self, inv_scale: Tensor) -> None:
+        """Multiply the condensed layers' dense gradients by ``inv_scale`` (fp16 unscaling of
+        what the optimizer does not hold; a layer stored dense is the optimizer's own)."""
+        for store in self.stores:
+            if store is not None:
+                store.scale_dense_grad_(inv_scale)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -139,7 +157,8 @@ class MaskManager:
         one host read in all (count_nonzero: a bool .sum() upcasts and is ~10x slower)."""
         stale = [i for i, m in enumerate(self.masks) if not self._fresh(i, m)]
         if stale:
-            counts = torch.stack([torch.count_nonzero(self.masks[i]) for i in stale]).tolist()
+            counts = host.read(torch.stack([torch.count_nonzero(self.masks[i]) for i in stale]),
+                               "nonzeros of the masks changed since the last count")
             for i, n in zip(stale, counts):
                 self._nnz[i] = (self.masks[i], self.masks[i]._version, int(n))
         return [entry[2] for entry in self._nnz]  # type: ignore[index]

@@ -152,7 +152,14 @@ class SparsityMethod:
         return False
 
     def after_backward(self, step: int) -> None:
-        """Called after every micro-batch backward (dense gradients are in ``p.grad``)."""
+        """Called after every micro-batch backward (dense gradients are in ``p.grad``; under
+        DDP they are averaged over ranks only after the last micro-batch: no_sync before)."""
+
+    def unscale_dense_grads(self, inv_scale: Tensor) -> None:
+        """fp16, on a dense-gradient step: the optimizer's gradients were just unscaled; scale
+        the dense gradients it does not hold (condensed layers' dense views) by ``inv_scale``."""
+        if self.masks is not None:
+            self.masks.unscale_dense_grads(inv_scale)
 
     def before_optimizer_step(self, step: int) -> bool:
         """Mask gradients; return False to skip ``optimizer.step()`` on this step."""

@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from . import host
+
 
 def topk_indices(score: Tensor, k: int, sample: int = 1 << 15, margin: float = 1.25) -> Tensor:
     """Indices (unordered) of the ``k`` largest entries of a 1-D ``score``, exactly.
@@ -27,10 +29,10 @@ def topk_indices(score: Tensor, k: int, sample: int = 1 << 15, margin: float = 1
     probe = score[:: n // sample]
     rank = min(probe.numel(), math.ceil(probe.numel() * k * margin / n) + 16)
     t = probe.kthvalue(probe.numel() - rank + 1).values
-    above = (score > t).nonzero().squeeze(1)
+    above = host.nonzero(score > t, "top-k candidates above a sampled threshold").squeeze(1)
     if above.numel() >= k:
         return above[score[above].topk(k, sorted=False).indices]
-    at = (score == t).nonzero().squeeze(1)
+    at = host.nonzero(score == t, "top-k candidates at the threshold").squeeze(1)
     if above.numel() + at.numel() < k:
         return score.topk(k, sorted=False).indices
     return torch.cat([above, at[: k - above.numel()]])
@@ -62,12 +64,12 @@ def global_topk(scores: Sequence[Tensor], k: int) -> list[Tensor]:
 def drop_and_grow(mask: Tensor, drop_score: Tensor, grow_score: Tensor, n: int) -> Tensor:
     """New mask: the ``n`` active positions with the lowest ``drop_score`` leave, then the ``n``
     positions outside the kept set with the highest ``grow_score`` join (just-dropped ones are
-    eligible). The count of True entries is unchanged."""
+    eligible). The count of True entries is unchanged; ``n`` must not exceed it (the callers
+    know the count). Static shapes only: no host read, so a mask update queues on a GPU."""
     flat = mask.flatten()
-    active = flat.nonzero().squeeze(1)
-    n = min(n, active.numel())
     # sorted=False: only the sets matter, and unsorted top-k is up to 3x faster on the CPU
-    dropped = active[drop_score.flatten()[active].topk(n, largest=False, sorted=False).indices]
+    drop = drop_score.flatten().float().masked_fill(~flat, math.inf)
+    dropped = drop.topk(n, largest=False, sorted=False).indices
     keep = flat.clone()
     keep[dropped] = False
     grow = topk_indices(grow_score.flatten().float().masked_fill(keep, -math.inf), n)
@@ -115,7 +117,7 @@ class GlobalRanking:
     def counts(self, k: int) -> list[int]:
         """Nonzeros per layer when the top ``k`` weights are kept."""
         c = torch.bincount(self.layer[:k], minlength=len(self.sizes))
-        return [int(v) for v in c.tolist()]
+        return [int(v) for v in host.read(c, "nonzeros per layer of a global ranking")]
 
     def masks(self, k: int, shapes: Sequence[torch.Size]) -> list[Tensor]:
         keep = torch.zeros(sum(self.sizes), dtype=torch.bool, device=self.order.device)
