@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import UserError, one_line
 
 CONF_PACKAGE = "sparse_runner.conf"
-OPEN_MAPS = ("distribution.overrides", "model.config")  # maps whose entries the user names (``+k.glob=v``)
+OPEN_MAPS = ("distribution.overrides",)  # maps whose entries the user names (``+k.glob=v``)
 # Hydra flags that take the next argument as their value.
 VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--info",
                "-i", "--experimental-rerun", "--shell-completion", "-sc", "--cfg", "-c",

@@ -109,9 +109,9 @@ def _config_file(path: Any, key: str) -> Path:
     return f
 
 
-def _pretrained_folder(tf: Any, name: Any) -> Path:
+def pretrained_folder(tf: Any, name: Any) -> Path:
     """A local folder, or a hub id resolved in the hub cache only (offline)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = Path(os.path.expanduser(str(name)))
     if p.is_dir():
         if not (p / "config.json").is_file():
@@ -123,7 +123,8 @@ def _pretrained_folder(tf: Any, name: Any) -> Path:
                         "or a hub id that is in the hub cache")
     from huggingface_hub import snapshot_download
     try:
-        return Path(snapshot_download(str(name), local_files_only=True))
+        return Path(snapshot_download(str(name), local_files_only=True,
+                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None))
     except Exception:  # noqa: BLE001  (hub errors vary by version; all mean "not cached")
         raise UserError(f"model.pretrained={name}: not a local folder and not in the hub cache "
                         f"({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}); "
@@ -154,7 +155,7 @@ def load_config(options: Mapping[str, Any]) -> tuple[Any, Path | None]:
         if path:
             f, source = _config_file(path, "config_path"), f"model.config_path={path}"
         else:
-            folder, source = _pretrained_folder(tf, pretrained), f"model.pretrained={pretrained}"
+            folder, source = pretrained_folder(tf, pretrained), f"model.pretrained={pretrained}"
             f = folder / "config.json"
         config = _read_config(tf, f, source)
         check_overrides(type(config), overrides)
