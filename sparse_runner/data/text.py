@@ -108,17 +108,28 @@ class WindowLoader:
         self.tokens = tokens.to(device)
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.shuffle, self.num_batches = shuffle, max(1, num_batches)
+        self.rank, self.world = 0, 1
 
     def __len__(self) -> int:
         return self.num_batches
 
+    def shard(self, rank: int, world: int) -> None:
+        """Serve rank ``rank``'s ``batch_size`` windows of every global batch of ``world`` x
+        ``batch_size`` windows: the windows one process with that batch would read (shard.py)."""
+        if self.num_batches < world:
+            raise UserError(f"{world} processes need {world} batches of {self.batch_size} "
+                            f"windows but the split has {self.num_batches}; lower "
+                            "trainer.batch_size or launch fewer processes")
+        self.rank, self.world, self.num_batches = rank, world, self.num_batches // world
+
     def _starts(self, epoch: int, b: int) -> Tensor:
         span = self.tokens.numel() - self.block_size - 1
+        size, mine = self.batch_size * self.world, slice(self.rank * self.batch_size,
+                                                         (self.rank + 1) * self.batch_size)
         if self.shuffle:
-            return torch.randint(0, span + 1, (self.batch_size,), generator=generator(self.seed, epoch, b))
-        n = self.batch_size * self.num_batches
-        first = torch.linspace(0, span, n).long()  # evenly spaced, the same every evaluation
-        return first[b * self.batch_size:(b + 1) * self.batch_size]
+            return torch.randint(0, span + 1, (size,), generator=generator(self.seed, epoch, b))[mine]
+        first = torch.linspace(0, span, size * self.num_batches).long()  # the same every evaluation
+        return first[b * size:(b + 1) * size][mine]
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         offsets = torch.arange(self.block_size + 1)
