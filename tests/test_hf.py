@@ -104,7 +104,7 @@ def test_pretrained_folder_and_hub_cache(tmp_path, monkeypatch):
     assert torch.equal(cached(x), want)
 
 
-def test_config_path_and_tokenizer_vocabulary(tmp_path):
+def test_config_path_with_the_dataset_vocabulary(tmp_path):
     transformers.AutoConfig.for_model("qwen2", **TINY_HF["qwen2"]).save_pretrained(tmp_path)
     model = build_hf_model({"name": "hf", "config_path": str(tmp_path / "config.json")}, vocab=300)
     assert model.config.vocab_size == 300 and model.config.model_type == "qwen2"

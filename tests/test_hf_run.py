@@ -105,11 +105,10 @@ def test_bpe_tokenizer_sets_the_vocabulary(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, extra", [("llama", ()), ("gpt2", WIDE)])
-def test_few_hundred_steps_learn_shakespeare(tmp_path, arch, extra):
-    out = _run(tmp_path, arch, *extra, "trainer.max_steps=300", "optimizer.lr=3e-3",
-               "schedule.warmup_steps=20", "dataset.eval_tokens=8192", "trainer.batch_size=12",
-               "+model.config.tie_word_embeddings=false" if arch == "gpt2" else "seed=0")
+def test_few_hundred_steps_learn_shakespeare(tmp_path):
+    # the other model types and Sparse Wide RigL: benchmarks/hf_shakespeare.py (results/)
+    out = _run(tmp_path, "llama", "trainer.max_steps=300", "optimizer.lr=3e-3",
+               "schedule.warmup_steps=20", "dataset.eval_tokens=8192", "trainer.batch_size=12")
     assert out["metrics"]["test_loss"] < 3.33 - 0.6  # well below the unigram entropy
 
 
