@@ -1,7 +1,8 @@
 """transformers causal LMs (model=hf) on held-out Shakespeare: tiny gpt2 / llama / qwen2 configs
 (2 layers, width 64), dense and Sparse Wide RigL at s=0.5, a few hundred steps; plus the
 training-feature checks of issue 25 (condensed backend, bf16 autocast, gradient accumulation,
-torchrun with 2 CPU ranks) and the export round trip.
+torchrun with 2 CPU ranks) and the export round trip (``sparse-run-report export --hf``, loaded
+by transformers alone, must give the run's held-out loss).
 
     python benchmarks/hf_shakespeare.py --out benchmarks/results/hf_shakespeare_<date>.json \
         [--runs gpt2_dense llama_wide_rigl ...] [--dir /tmp/hf_runs]
@@ -49,9 +50,37 @@ def command(name: str, root: Path) -> list[str]:
             *extra, f"out_dir={root / name}"]
 
 
-def one(name: str, root: Path) -> dict:
+def export_check(run_dir: Path) -> dict:
+    """Export with ``--hf``, load with transformers alone, and recompute the held-out loss:
+    it must be the run's final test loss (the same weights, the same windows)."""
+    import torch
+    import transformers
+    from omegaconf import OmegaConf
+
+    from sparse_runner.data import build_data, dataset_with_model_defaults
+    from sparse_runner.tasks.language_model import TokenAccumulator
+
+    folder = run_dir / "hf_export"
+    proc = subprocess.run(["sparse-run-report", "export", str(run_dir), "--hf", str(folder)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"export_error": proc.stderr.strip().splitlines()[-1:]}
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    data = build_data(dataset_with_model_defaults(cfg.dataset, cfg.model), batch_size=1,
+                      eval_batch_size=cfg.trainer.eval_batch_size, seed=cfg.seed,
+                      device=torch.device("cpu"), num_workers=0)
+    acc = TokenAccumulator()
+    with torch.no_grad():
+        for x, y in data.test.batches(0):
+            acc.update(model(input_ids=x).logits, y)
+    return {"export_test_loss": acc.metrics_from(acc.sums())["loss"]}
+
+
+def one(name: str, root: Path, export_only: bool = False) -> dict:
     cmd = command(name, root)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.CompletedProcess(cmd, 0, "", "") if export_only else \
+        subprocess.run(cmd, capture_output=True, text=True)
     row: dict = {"run": name, "command": " ".join(c if " " not in c else f"'{c}'" for c in cmd[:-1])}
     summary_path = root / name / "summary.json"
     if proc.returncode != 0 or not summary_path.is_file():
@@ -64,7 +93,8 @@ def one(name: str, root: Path) -> dict:
             "dense_baseline_fwd_per_token": fl["dense_baseline_fwd"],
             "isoflop_rel_error": s.get("isoflop", {}).get("rel_error"),
             "params_total": s["model"]["params_total"], "params_nonzero": s["model"]["params_nonzero"],
-            "world_size": (s.get("distributed") or {}).get("world_size", 1)}
+            "world_size": (s.get("distributed") or {}).get("world_size", 1),
+            **export_check(root / name)}
 
 
 def main() -> int:
@@ -72,10 +102,12 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--dir", default="hf_runs")
+    p.add_argument("--export-only", action="store_true",
+                   help="only the export check of finished runs under --dir")
     args = p.parse_args()
     rows = []
     for name in args.runs:
-        rows.append(one(name, Path(args.dir)))
+        rows.append(one(name, Path(args.dir), args.export_only))
         print(json.dumps(rows[-1]), flush=True)
     import transformers
     result = {"date": time.strftime("%Y-%m-%d"), "host_cpus": os.cpu_count(),
