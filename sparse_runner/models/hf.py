@@ -43,8 +43,10 @@ class HFCausalLM(nn.Module):
 
     def __init__(self, hf: nn.Module, transposed: tuple[str, ...] = ()) -> None:
         super().__init__()
-        head = next(k for k, m in hf.named_children() if m is hf.get_output_embeddings())
-        hf._modules = {head: hf._modules[head], **hf._modules}  # see the module docstring
+        out = hf.get_output_embeddings()
+        head = next((k for k, m in hf.named_children() if out is not None and m is out), None)
+        if head is not None:  # see the module docstring
+            hf._modules = {head: hf._modules[head], **hf._modules}
         self.hf = hf
         self.transposed = tuple(transposed)  # modules that were Conv1D in transformers
 
@@ -140,9 +142,7 @@ def build_hf(*, num_classes: int, seq_len: int = 0, width_mult: float = 1.0,
                         f"{', '.join(ATTN)} (the ones whose FLOPs sparse-run counts)")
     tf = transformers_module()
     config, folder = build_config(options, num_classes, seq_len, width_mult)
-    if folder is None:
-        hf = tf.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
-    elif torch.empty(0).device.type == "meta":  # a shape-only build (layer tables)
+    if folder is None or torch.empty(0).device.type == "meta":  # meta: shapes only (tables)
         hf = tf.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     else:
         hf = tf.AutoModelForCausalLM.from_pretrained(
