@@ -62,7 +62,8 @@ def test_wide_rigl_gpt2_is_isoflop_and_exports_with_identical_logits(tmp_path):
         assert torch.equal(exported(input_ids=x).logits, final(x))
     assert _held_out_loss(exported, run_dir) == pytest.approx(out["metrics"]["test_loss"], abs=1e-5)
     from safetensors.torch import load_file
-    masks, weights = load_file(folder / "sparse_masks.safetensors"), load_file(folder / "model.safetensors")
+    masks = load_file(folder / "sparse_masks.safetensors")
+    weights = load_file(folder / "model.safetensors")
     assert len(masks) == 8 and all((weights[k][~m] == 0).all() for k, m in masks.items())
     assert all(int((weights[k] != 0).sum()) <= int(m.sum()) for k, m in masks.items())
     assert json.loads((folder / "config.json").read_text())["sparse_run"]["method"] == "rigl"
@@ -71,7 +72,8 @@ def test_wide_rigl_gpt2_is_isoflop_and_exports_with_identical_logits(tmp_path):
 
 
 def test_llama_resume_is_bit_identical(tmp_path):
-    args = (*WIDE, "trainer.max_steps=10", "trainer.grad_accum=2", "+model.config.attention_dropout=0.1")
+    args = (*WIDE, "trainer.max_steps=10", "trainer.grad_accum=2",
+            "+model.config.attention_dropout=0.1")
     full = _run(tmp_path, "llama", *args, name="full")
     with pytest.raises(Interrupted):
         _run(tmp_path, "llama", *args, "trainer.stop_after_steps=5", name="cut")
@@ -90,8 +92,9 @@ def test_bpe_tokenizer_sets_the_vocabulary(tmp_path):
     (tmp_path / "corpus.txt").write_text(text)
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text], trainer)
     tok.save(str(tmp_path / "tokenizer.json"))
     args = [*cli_config("qwen2"), "dataset=text", f"dataset.path={tmp_path / 'corpus.txt'}",
             f"dataset.tokenizer={tmp_path}", "dataset.block_size=16", "trainer.max_steps=3",

@@ -127,7 +127,8 @@ class WindowLoader:
         size, mine = self.batch_size * self.world, slice(self.rank * self.batch_size,
                                                          (self.rank + 1) * self.batch_size)
         if self.shuffle:
-            return torch.randint(0, span + 1, (size,), generator=generator(self.seed, epoch, b))[mine]
+            gen = generator(self.seed, epoch, b)
+            return torch.randint(0, span + 1, (size,), generator=gen)[mine]
         first = torch.linspace(0, span, size * self.num_batches).long()  # the same every evaluation
         return first[b * size:(b + 1) * size][mine]
 

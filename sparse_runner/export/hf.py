@@ -115,7 +115,8 @@ def _write(out: Path, hf: Any, masks: dict[str, Tensor], cfg_yaml: str) -> None:
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
     except OSError as exc:
-        raise UserError(f"cannot write {out}: {exc.strerror or exc}; pick another --hf folder") from None
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}; pick another --hf "
+                        "folder") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
