@@ -83,6 +83,12 @@ def test_sparse_wide_gpt2_is_table_14_and_llama_keeps_its_kv_heads():
     assert c.num_attention_heads == 4 and c.num_key_value_heads == 2
     assert c.hidden_size == 4 * c.head_dim and c.head_dim % 2 == 0  # rotary needs even dims
     assert c.intermediate_size == int(172 * Width(0.5))
+    # Qwen3's head_dim is its own (128 at any hidden size): it widens by itself
+    qwen3 = {"name": "hf", "arch": "qwen3", "config": {**TINY_HF["qwen2"]}}
+    with torch.device("meta"):
+        assert build_hf_model(qwen3).config.head_dim == 128
+        wide = build_hf_model(qwen3, Width(0.5)).config
+    assert wide.head_dim == 182 and wide.hidden_size == 92  # ceil(int(512·√2)/4), 4·ceil(90/4)
 
 
 def test_pretrained_folder_and_hub_cache(tmp_path, monkeypatch):

@@ -74,15 +74,19 @@ def widen(config: Any, width: float) -> Any:
                         "sparse_runner/models/hf_config.py WIDE_KEYS (docs/models.md)")
     hidden, heads = int(getattr(config, keys.hidden)), int(getattr(config, keys.heads))
     base = int(hidden * float(width) + 1e-9)
-    head_dim = math.ceil(base / heads)
+    explicit = getattr(config, keys.head_dim, None) if keys.head_dim else None
+    # a head_dim of its own (Qwen3: 128 at any hidden size) widens by itself
+    own = explicit is not None and int(explicit) * heads != hidden
+    head_dim = math.ceil(int(int(explicit) * heads * float(width) + 1e-9) / heads) if own \
+        else math.ceil(base / heads)
     frac = rotary_fraction(config) if keys.rotary else 0.0
     while keys.rotary and int(head_dim * frac) % 2:
         head_dim += 1
     inner = getattr(config, keys.inner) if keys.inner else None
-    setattr(config, keys.hidden, heads * head_dim)
+    setattr(config, keys.hidden, heads * math.ceil(base / heads) if own else heads * head_dim)
     if keys.inner:
         setattr(config, keys.inner, 4 * base if inner is None else int(inner * float(width) + 1e-9))
-    if keys.head_dim and getattr(config, keys.head_dim, None) is not None:
+    if explicit is not None:
         setattr(config, keys.head_dim, head_dim)
     return config
 
