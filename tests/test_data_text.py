@@ -87,3 +87,18 @@ def test_block_size_needed_and_too_long(tmp_path):
         build_data({"name": "text", "path": str(tmp_path / "a.txt")}, **KW)
     with pytest.raises(UserError, match="fewer than one window"):
         build_data({"name": "text", "path": str(tmp_path / "a.txt"), "block_size": 50}, **KW)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_window_shards_are_the_one_process_batch(shuffle):
+    from sparse_runner.data.text import WindowLoader
+    tokens = torch.arange(5000) % 97
+    kw = dict(block_size=16, seed=3, shuffle=shuffle, num_batches=5000 // (8 * 16), device="cpu")
+    one = WindowLoader(tokens, batch_size=8, **kw)
+    ranks = [WindowLoader(tokens, batch_size=4, **{**kw, "num_batches": 5000 // (4 * 16)})
+             for _ in range(2)]
+    for r, loader in enumerate(ranks):
+        loader.shard(r, 2)
+    assert len(ranks[0]) == len(one)
+    for (x, y), (x0, y0), (x1, y1) in zip(one.batches(2), ranks[0].batches(2), ranks[1].batches(2)):
+        assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))

@@ -10,7 +10,8 @@
 Held-out split: by work (file) when there are several, a fixed random choice (independent of
 the run seed) until ``test_fraction`` of the characters is held out; a single file holds out
 its last ``test_fraction``. Tokens are characters; the vocabulary is every character of the
-corpus (so the test split has no unknown token). Training batches are random contiguous
+corpus (so the test split has no unknown token), or with ``dataset.tokenizer`` the ids of a
+``tokenizers`` tokenizer (data/tokenizer.py). Training batches are random contiguous
 windows of ``block_size + 1`` characters (input, and target = input shifted by one) drawn
 from a generator seeded by (seed, epoch, batch), so any batch can be regenerated (resume).
 The test split is read as evenly spaced windows, at most ``eval_tokens`` tokens.
@@ -29,6 +30,7 @@ from torch import Tensor
 from ..utils.errors import UserError
 from .base import Data, DataSpec, generator
 from .options import int_option
+from .tokenizer import encode, load_tokenizer
 
 _SPLIT_SEED = 0x7E47
 
@@ -106,17 +108,29 @@ class WindowLoader:
         self.tokens = tokens.to(device)
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.shuffle, self.num_batches = shuffle, max(1, num_batches)
+        self.rank, self.world = 0, 1
 
     def __len__(self) -> int:
         return self.num_batches
 
+    def shard(self, rank: int, world: int) -> None:
+        """Serve rank ``rank``'s ``batch_size`` windows of every global batch of ``world`` x
+        ``batch_size`` windows: the windows one process with that batch would read (shard.py)."""
+        if self.num_batches < world:
+            raise UserError(f"{world} processes need {world} batches of {self.batch_size} "
+                            f"windows but the split has {self.num_batches}; lower "
+                            "trainer.batch_size or launch fewer processes")
+        self.rank, self.world, self.num_batches = rank, world, self.num_batches // world
+
     def _starts(self, epoch: int, b: int) -> Tensor:
         span = self.tokens.numel() - self.block_size - 1
+        size, mine = self.batch_size * self.world, slice(self.rank * self.batch_size,
+                                                         (self.rank + 1) * self.batch_size)
         if self.shuffle:
-            return torch.randint(0, span + 1, (self.batch_size,), generator=generator(self.seed, epoch, b))
-        n = self.batch_size * self.num_batches
-        first = torch.linspace(0, span, n).long()  # evenly spaced, the same every evaluation
-        return first[b * self.batch_size:(b + 1) * self.batch_size]
+            gen = generator(self.seed, epoch, b)
+            return torch.randint(0, span + 1, (size,), generator=gen)[mine]
+        first = torch.linspace(0, span, size * self.num_batches).long()  # the same every evaluation
+        return first[b * size:(b + 1) * size][mine]
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         offsets = torch.arange(self.block_size + 1)
@@ -151,14 +165,26 @@ def dataset_with_model_defaults(cfg: Mapping[str, Any], model_cfg: Mapping[str, 
     return {**dict(cfg), "block_size": int(model_cfg.get("block_size") or 128)}
 
 
-def build_text_data(cfg: Mapping[str, Any], works: Sequence[str], *, batch_size: int,
-                    eval_batch_size: int, seed: int, device: torch.device) -> Data:
-    block = block_size_of(cfg)
-    train_text, test_text = split_works(works, float(cfg.get("test_fraction", 0.1)))
+def _tokens(cfg: Mapping[str, Any], train_text: str, test_text: str
+            ) -> tuple[Tensor, Tensor, int, str]:
+    """(train ids, test ids, vocabulary size, what a token is): characters, or the ids of
+    ``dataset.tokenizer`` (data/tokenizer.py)."""
+    if cfg.get("tokenizer"):
+        tok = load_tokenizer(cfg.get("tokenizer"))
+        ids = [torch.from_numpy(encode(tok, t)) for t in (train_text, test_text)]
+        return ids[0], ids[1], int(tok.get_vocab_size()), "tokens"
     train_cp, test_cp = codepoints(train_text), codepoints(test_text)
     vocab = np.union1d(np.unique(train_cp), np.unique(test_cp))
     train = torch.from_numpy(np.searchsorted(vocab, train_cp).astype(np.int64))
     test = torch.from_numpy(np.searchsorted(vocab, test_cp).astype(np.int64))
+    return train, test, len(vocab), "characters"
+
+
+def build_text_data(cfg: Mapping[str, Any], works: Sequence[str], *, batch_size: int,
+                    eval_batch_size: int, seed: int, device: torch.device) -> Data:
+    block = block_size_of(cfg)
+    train_text, test_text = split_works(works, float(cfg.get("test_fraction", 0.1)))
+    train, test, vocab_size, unit = _tokens(cfg, train_text, test_text)
     eval_tokens = int_option(cfg, "eval_tokens", 131072) or 131072
     train_loader = WindowLoader(train, block_size=block, batch_size=batch_size, seed=seed,
                                 shuffle=True, num_batches=train.numel() // (batch_size * block),
@@ -167,10 +193,10 @@ def build_text_data(cfg: Mapping[str, Any], works: Sequence[str], *, batch_size:
     eval_bs = min(eval_batch_size, windows)
     test_loader = WindowLoader(test, block_size=block, batch_size=eval_bs, seed=seed,
                                shuffle=False, num_batches=windows // eval_bs, device=device)
-    spec = DataSpec(str(cfg.get("name")), in_channels=0, num_classes=len(vocab), image_size=0,
+    spec = DataSpec(str(cfg.get("name")), in_channels=0, num_classes=vocab_size, image_size=0,
                     kind="text", seq_len=block, task="language_model")
-    notes = [f"{len(works)} works, {train.numel()} train / {test.numel()} held-out characters, "
-             f"vocabulary {len(vocab)}"]
+    notes = [f"{len(works)} works, {train.numel()} train / {test.numel()} held-out {unit}, "
+             f"vocabulary {vocab_size}"]
     return Data(spec, train_loader, test_loader, num_train=train.numel(), num_test=test.numel(),
                 notes=notes)
 

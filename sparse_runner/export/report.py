@@ -10,6 +10,8 @@ with a storage report.
 * ``storage.json`` / ``storage.md`` -- bytes per layer and in total for dense, COO, CSR and
   condensed storage.
 
+``--hf FOLDER`` (``model=hf`` runs) writes a transformers checkpoint instead (export/hf.py).
+
 The structure comes from the masks (an active weight that happens to be 0.0 is still stored).
 Storage convention: values keep the weight's dtype; every index array uses the narrowest integer
 type that holds its range (int16 / int32 / int64), the same rule for every format, so the
@@ -99,7 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="a sparse-run run directory")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default RUN_DIR/export)")
     parser.add_argument("--checkpoint", default=ckpt.LAST, help="file in checkpoints/ (last.pt)")
+    parser.add_argument("--hf", type=Path, default=None, metavar="FOLDER",
+                        help="model=hf runs: write a transformers checkpoint (save_pretrained) "
+                             "with the masks beside it instead (docs/models.md)")
     args = parser.parse_args(argv)
+    if args.hf is not None:
+        from .hf import export_hf
+        masks = export_hf(args.run_dir, args.hf, args.checkpoint)
+        print(f"wrote {args.hf} (transformers save_pretrained, {len(masks)} sparse weights)")
+        return 0
     path = args.run_dir / "checkpoints" / args.checkpoint
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; give a run directory that has trained")

@@ -2,7 +2,8 @@
 
 ``model.name`` picks the family: ``resnet18`` / ``resnet34`` (:mod:`.resnet`), ``timm``
 (:mod:`.timm_zoo`, widened by :mod:`.timm_wide`), ``torchvision`` (:mod:`.torchvision_zoo`),
-``custom`` (:mod:`.custom`) and ``gpt`` (:mod:`.gpt`). The presets (``model=mobilenetv2``,
+``custom`` (:mod:`.custom`), ``gpt`` (:mod:`.gpt`) and ``hf`` (:mod:`.hf`, any transformers
+causal LM). The presets (``model=mobilenetv2``,
 ``mobilevit_s``, ``botnet50``, ``gpt3_small``) are configs of these families.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..utils.registry import Registry
 from .base import Factory, count_params, takes
 from .custom import build_custom
 from .gpt import build_gpt
+from .hf import build_hf
 from .resnet import DEPTHS, ResNet
 from .timm_zoo import build_timm
 from .torchvision_zoo import build_torchvision
@@ -47,6 +49,7 @@ MODELS.register("timm")(build_timm)
 MODELS.register("torchvision")(build_torchvision)
 MODELS.register("custom")(build_custom)
 MODELS.register("gpt")(build_gpt)
+MODELS.register("hf")(build_hf)
 
 
 def model_inputs(cfg: Mapping[str, Any]) -> tuple[str, ...]:

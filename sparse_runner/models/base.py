@@ -17,7 +17,8 @@ from ..utils.errors import UserError
 Factory = Callable[..., nn.Module]
 WIDE_FAMILIES = ("resnet18", "resnet34", "torchvision resnet*/wide_resnet*/resnext*",
                  "timm mobilenetv2_*",
-                 "timm mobilevit_*", "timm botnet*", "gpt")
+                 "timm mobilevit_*", "timm botnet*", "gpt",
+                 "hf (gpt2, llama, mistral, qwen2, qwen3, gpt_neox)")
 
 
 def takes(*kinds: str) -> Callable[[Factory], Factory]:
