@@ -18,6 +18,7 @@ from . import ddp
 from . import distributed as dist
 from . import summary as sm
 from .errors import TrainingFailed, UserError, one_line
+from .memphase import PHASES
 from .loggers import Loggers, MetricsFile, WandbMirror
 from .methods.auto import resolve_auto
 from .optim import build_optimizer, lr_schedule
@@ -149,6 +150,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _run_owned(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
+    PHASES.restart()   # this run's setup phase starts here (summary.json memory.phases)
     status, error, raised = "completed", None, None
     plan, trainers = RunPlan(cfg=cfg), []
     try:
