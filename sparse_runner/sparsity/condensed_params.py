@@ -153,9 +153,23 @@ class CondensedParam:
         return w
 
     def add_dense_grad(self, grad: Tensor) -> None:
-        """Accumulate a dense weight gradient (micro-batches add up) for :meth:`dense`."""
+        """Accumulate a dense weight gradient (micro-batches add up, in place) for :meth:`dense`;
+        ``grad`` is owned by the store from now on."""
         grad = grad.to(self.values.dtype)
-        self._dense_grad = grad if self._dense_grad is None else self._dense_grad + grad
+        if self._dense_grad is None:
+            self._dense_grad = grad
+        else:
+            self._dense_grad.add_(grad)
+
+    def take_dense_grad(self) -> Tensor | None:
+        """This step's dense weight gradient, handed over: the store keeps no reference (the
+        method's accumulator takes it without a copy)."""
+        if self._leaf is not None:
+            w = self._leaf[0]
+            grad, w.grad = w.grad, None
+            return grad
+        grad, self._dense_grad = self._dense_grad, None
+        return grad
 
     def dense_leaf(self) -> Tensor:
         """A dense leaf for a dense pass; its gradient is gathered into ``values.grad``."""

@@ -190,11 +190,25 @@ class DynamicSparse(SparsityMethod):
     # ---- internals ---------------------------------------------------------------------------
     @torch.no_grad()
     def _accumulate(self) -> None:
-        params = self.masks.params
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        part = torch._foreach_div(grads, float(self.opts.grad_accumulation_n))
+        """acc += grad / n. A layer stored dense divides a copy (its ``.grad`` is masked in
+        place next); a condensed layer hands its dense gradient over (made from dy on this
+        step only, nobody else holds it) and it is divided in place: no second dense copy."""
+        n, masks = float(self.opts.grad_accumulation_n), self.masks
+        part: list[Tensor | None] = [None] * len(masks)
+        dense = [i for i in range(len(masks)) if masks.stores[i] is None]
+        if dense:
+            grads = [masks.dense_params[i].grad for i in dense]
+            grads = [torch.zeros_like(masks.dense_params[i]) if g is None else g
+                     for i, g in zip(dense, grads)]
+            for i, g in zip(dense, torch._foreach_div(grads, n)):
+                part[i] = g
+        for i, store in enumerate(masks.stores):
+            if store is not None:
+                g = store.take_dense_grad()
+                part[i] = (g.div_(n) if g is not None else
+                           store.values.new_zeros(store.shape))
         if self._acc is None:
-            self._acc = list(part)
+            self._acc = part   # type: ignore[assignment]
         else:
             torch._foreach_add_(self._acc, part)
 
