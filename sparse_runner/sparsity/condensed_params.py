@@ -77,6 +77,14 @@ class CondensedParam:
     def index(self) -> Tensor:
         return self.module.index if self.installed else self._index
 
+    @torch.no_grad()
+    def mask(self) -> Tensor:
+        """The bool mask the index stands for (made per call: the index is the mask)."""
+        idx = self.index
+        out = torch.zeros(self.shape[0], self.ncols, dtype=torch.uint8, device=idx.device)
+        out.scatter_add_(1, idx.clamp(min=0).long(), (idx >= 0).to(torch.uint8))
+        return out.bool().view(self.shape)
+
     def numel(self) -> int:
         """Elements of the dense weight this storage stands for."""
         return math.prod(self.shape)

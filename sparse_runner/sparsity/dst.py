@@ -13,6 +13,7 @@ docs/methods.md gives each choice where the reference implementations disagree:
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..flops import dense_grad_extra
+from . import bitmask
 from .method import SetupContext, SparsityMethod
 from .options import MethodOptions, check, check_bool, check_choice, is_int, is_num
 from .schedules import Schedule
@@ -102,7 +104,7 @@ class DynamicSparse(SparsityMethod):
             warnings.warn(f"method={self.name}: no mask update will happen (delta_t="
                           f"{self.opts.delta_t} >= T_end={self.schedule.t_end} steps); lower "
                           "method.delta_t or train longer", stacklevel=2)
-        self._ever = [m.clone() for m in self.masks.masks]
+        self._ever = [bitmask.pack(m) for m in self.masks.masks]
         self._acc = None
         self._refresh()
 
@@ -139,10 +141,10 @@ class DynamicSparse(SparsityMethod):
         self._acc = None
         changed = sum(int(torch.count_nonzero(m & ~o)) for m, o in zip(self.masks.masks, old))
         for ever, m in zip(self._ever, self.masks.masks):
-            ever |= m
+            ever |= bitmask.pack(m)
         self._refresh()
-        total = sum(m.numel() for m in self.masks.masks)
-        itop = sum(int(torch.count_nonzero(e)) for e in self._ever) / total
+        total = sum(math.prod(shape) for shape in self.masks.shapes)
+        itop = sum(bitmask.count(e) for e in self._ever) / total
         return {"global_sparsity": 1.0 - sum(self._nnz) / total, "drop_fraction": fraction,
                 "changed": changed, "itop": itop, **self.event_extra()}
 
@@ -172,7 +174,8 @@ class DynamicSparse(SparsityMethod):
         """ITOP masks and, if an update is pending, the dense-gradient accumulator; the
         schedule position is a function of the step the loop saves."""
         names = self.masks.names
-        state: dict[str, Any] = {"ever": {n: e.cpu().clone() for n, e in zip(names, self._ever)}}
+        state: dict[str, Any] = {"ever": {n: bitmask.unpack(e, shape).cpu() for n, e, shape
+                                          in zip(names, self._ever, self.masks.shapes)}}
         if self._acc is not None:
             state["dense_grad"] = {n: a.cpu().clone() for n, a in zip(names, self._acc)}
         return state
@@ -181,8 +184,8 @@ class DynamicSparse(SparsityMethod):
         super().load_state_dict(state, masks)
         names, params = self.masks.names, self.masks.params
         ever = state.get("ever") or {}
-        self._ever = [ever[n].to(p.device, torch.bool) if n in ever else m.clone()
-                      for n, p, m in zip(names, params, self.masks.masks)]
+        self._ever = [bitmask.pack(ever[n].to(m.device, torch.bool) if n in ever else m)
+                      for n, m in zip(names, self.masks.masks)]
         acc = state.get("dense_grad")
         self._acc = None if acc is None else [acc[n].to(p.device) for n, p in zip(names, params)]
         self._refresh()
