@@ -19,6 +19,7 @@ from .distributed import ddp
 from .distributed import comm as dist
 from . import summary as sm
 from .utils.errors import TrainingFailed, UserError, one_line
+from .utils.memphase import PHASES
 from .outputs.loggers import Loggers, MetricsFile, WandbMirror
 from .methods.auto import resolve_auto
 from .optim import build_optimizer, lr_schedule
@@ -154,6 +155,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _run_owned(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
+    PHASES.restart()   # this run's setup phase starts here (summary.json memory.phases)
     status, error, raised = "completed", None, None
     plan, trainers = RunPlan(cfg=cfg), []
     try:

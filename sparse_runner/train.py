@@ -25,6 +25,7 @@ from .data import Data, Loader
 from .utils.errors import TrainingFailed
 from .flops.tables import LayerTable, train_flops_per_sample
 from .outputs.loggers import Loggers
+from .utils.memphase import PHASES
 from .precision import Precision
 from .sparsity import SparsityMethod, spectral
 from .sparsity.condensed_ckpt import optimizer_names
@@ -227,7 +228,9 @@ class Trainer:
             return {**task.train_metrics(loss, stats, seen), "_seen": seen}
 
         for _ in range(start_step, end_step):
+            PHASES.begin_step()
             res = self.train_step(st.step, batches)
+            PHASES.end_step(res.event is not None or self.method.dense_grad_wanted(st.step))
             bad |= ~res.finite
             run_loss += res.loss_sum
             for k, v in res.stats.items():

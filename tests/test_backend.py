@@ -172,6 +172,10 @@ def test_trains_condensed_end_to_end(tmp_path, method):
     assert all("ms_kernel" in c and "ms_dense" in c for c in backend["layers"])
     assert masked["sparsity"]["backend"]["condensed_layers"] == []
     assert cond["memory"]["peak_rss_mb"] > 0 and masked["memory"]["peak_rss_mb"] > 0
+    for run in (cond, masked):   # per phase (memphase.py): RigL/SRigL steps of both kinds
+        phases = run["memory"]["phases"]
+        assert {"setup", "steady_step", "update_step"} <= set(phases)
+        assert max(p["peak_rss_mb"] for p in phases.values()) <= run["memory"]["peak_rss_mb"]
     numbers = lambda fl: {k: v for k, v in fl.items() if k != "unit"}  # noqa: E731
     assert cond["flops"]["unit"] == masked["flops"]["unit"] == "sample"
     assert numbers(cond["flops"]) == pytest.approx(numbers(masked["flops"]), rel=1e-6)

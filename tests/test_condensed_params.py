@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import run_tiny
+from sparse_runner.kernels import ell_from_mask
 from sparse_runner.export.report import main as export_main
 from sparse_runner.flops.tables import trace_layers
 from sparse_runner.report import main as report_main
@@ -124,6 +125,12 @@ def test_no_dense_weight_is_a_parameter_or_outlives_the_update():
     assert any(events) and len(leaves) == 2 and len(grads) == 4   # fc leaf; conv dense grads
     assert all(ref() is None for ref in leaves + grads)           # ... all gone again
     assert all(st._leaf is None and st._dense_grad is None for st in m.masks.stores)
+    # no dense bool mask per condensed layer: the index is the mask (made per access)
+    assert all(st is not None for st in m.masks.stores) and all(
+        t is None for t in m.masks.masks._masks)
+    for st, mask in zip(m.masks.stores, m.masks.masks):
+        assert torch.equal(ell_from_mask(mask), st.index)
+    assert m.masks.nnz() == [int((st.index >= 0).sum()) for st in m.masks.stores]
     opt_params = [p for g in optimizer.param_groups for p in g["params"]]   # K changed: new ones
     assert {id(p) for p in opt_params} == {id(p) for p in model.parameters()}
     assert set(optimizer.state) == set(opt_params)

@@ -89,6 +89,14 @@ class CondensedParam:
     def index(self) -> Tensor:
         return self.module.index if self.installed else self._index
 
+    @torch.no_grad()
+    def mask(self) -> Tensor:
+        """The bool mask the index stands for (made per call: the index is the mask)."""
+        idx = self.index
+        out = torch.zeros(self.shape[0], self.ncols, dtype=torch.uint8, device=idx.device)
+        out.scatter_add_(1, idx.clamp(min=0).long(), (idx >= 0).to(torch.uint8))
+        return out.bool().view(self.shape)
+
     def numel(self) -> int:
         """Elements of the dense weight this storage stands for."""
         return math.prod(self.shape)
@@ -166,9 +174,23 @@ class CondensedParam:
         return w
 
     def add_dense_grad(self, grad: Tensor) -> None:
-        """Accumulate a dense weight gradient (micro-batches add up) for :meth:`dense`."""
+        """Accumulate a dense weight gradient (micro-batches add up, in place) for :meth:`dense`;
+        ``grad`` is owned by the store from now on."""
         grad = grad.to(self.values.dtype)
-        self._dense_grad = grad if self._dense_grad is None else self._dense_grad + grad
+        if self._dense_grad is None:
+            self._dense_grad = grad
+        else:
+            self._dense_grad.add_(grad)
+
+    def take_dense_grad(self) -> Tensor | None:
+        """This step's dense weight gradient, handed over: the store keeps no reference (the
+        method's accumulator takes it without a copy)."""
+        if self._leaf is not None:
+            w = self._leaf[0]
+            grad, w.grad = w.grad, None
+            return grad
+        grad, self._dense_grad = self._dense_grad, None
+        return grad
 
     def scale_dense_grad_(self, factor: Tensor) -> None:
         """Scale the dense gradient (a convolution's, or the dense leaf's) in place."""

@@ -13,6 +13,7 @@ docs/methods.md gives each choice where the reference implementations disagree:
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..flops.tables import dense_grad_extra
-from . import host
+from . import bitmask, host
 from .method import SetupContext, SparsityMethod
 from .options import MethodOptions, check, check_bool, check_choice, is_int, is_num
 from .schedules import Schedule
@@ -103,7 +104,7 @@ class DynamicSparse(SparsityMethod):
             warnings.warn(f"method={self.name}: no mask update will happen (delta_t="
                           f"{self.opts.delta_t} >= T_end={self.schedule.t_end} steps); lower "
                           "method.delta_t or train longer", stacklevel=2)
-        self._ever = [m.clone() for m in self.masks.masks]
+        self._ever = [bitmask.pack(m) for m in self.masks.masks]
         self._acc = None
         self._refresh()
 
@@ -139,12 +140,12 @@ class DynamicSparse(SparsityMethod):
         self.masks.set_masks(self.new_masks(step, fraction))
         self._acc = None
         for ever, m in zip(self._ever, self.masks.masks):
-            ever |= m
+            ever |= bitmask.pack(m)
         counts = torch.stack([torch.count_nonzero(m & ~o) for m, o in zip(self.masks.masks, old)]
-                             + [torch.count_nonzero(e) for e in self._ever])
+                             + [bitmask.popcount(e) for e in self._ever])
         counts = host.read(counts, "mask-update event: grown positions and ITOP coverage")
         self._refresh()
-        total = sum(m.numel() for m in self.masks.masks)
+        total = sum(math.prod(shape) for shape in self.masks.shapes)
         changed, itop = sum(counts[:len(old)]), sum(counts[len(old):]) / total
         return {"global_sparsity": 1.0 - sum(self._nnz) / total, "drop_fraction": fraction,
                 "changed": changed, "itop": itop, **self.event_extra()}
@@ -175,7 +176,8 @@ class DynamicSparse(SparsityMethod):
         """ITOP masks and, if an update is pending, the dense-gradient accumulator; the
         schedule position is a function of the step the loop saves."""
         names = self.masks.names
-        state: dict[str, Any] = {"ever": {n: e.cpu().clone() for n, e in zip(names, self._ever)}}
+        state: dict[str, Any] = {"ever": {n: bitmask.unpack(e, shape).cpu() for n, e, shape
+                                          in zip(names, self._ever, self.masks.shapes)}}
         if self._acc is not None:
             state["dense_grad"] = {n: a.cpu().clone() for n, a in zip(names, self._acc)}
         return state
@@ -184,8 +186,8 @@ class DynamicSparse(SparsityMethod):
         super().load_state_dict(state, masks)
         names, params = self.masks.names, self.masks.params
         ever = state.get("ever") or {}
-        self._ever = [ever[n].to(p.device, torch.bool) if n in ever else m.clone()
-                      for n, p, m in zip(names, params, self.masks.masks)]
+        self._ever = [bitmask.pack(ever[n].to(m.device, torch.bool) if n in ever else m)
+                      for n, m in zip(names, self.masks.masks)]
         acc = state.get("dense_grad")
         self._acc = None if acc is None else [acc[n].to(p.device) for n, p in zip(names, params)]
         self._refresh()
@@ -193,14 +195,29 @@ class DynamicSparse(SparsityMethod):
     # ---- internals ---------------------------------------------------------------------------
     @torch.no_grad()
     def _accumulate(self) -> None:
-        params = self.masks.params
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        part = torch._foreach_div(grads, float(self.opts.grad_accumulation_n))
-        # an fp16 overflow step (skipped by the GradScaler) leaves inf/NaN entries: they
-        # would become inf growth scores; they count as zero (sync-free, no skip decision)
-        part = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in part]
+        """acc += grad / n. A layer stored dense divides a copy (its ``.grad`` is masked in
+        place next); a condensed layer hands its dense gradient over (made from dy on this
+        step only, nobody else holds it) and it is divided in place: no second dense copy.
+        An fp16 overflow step (skipped by the GradScaler) leaves inf/NaN entries: they would
+        become inf growth scores, so they count as zero (sync-free, no skip decision)."""
+        n, masks = float(self.opts.grad_accumulation_n), self.masks
+        part: list[Tensor | None] = [None] * len(masks)
+        dense = [i for i in range(len(masks)) if masks.stores[i] is None]
+        if dense:
+            grads = [masks.dense_params[i].grad for i in dense]
+            grads = [torch.zeros_like(masks.dense_params[i]) if g is None else g
+                     for i, g in zip(dense, grads)]
+            for i, g in zip(dense, torch._foreach_div(grads, n)):
+                part[i] = g
+        for i, store in enumerate(masks.stores):
+            if store is not None:
+                g = store.take_dense_grad()
+                part[i] = (g.div_(n) if g is not None else
+                           store.values.new_zeros(store.shape))
+        for g in part:
+            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
         if self._acc is None:
-            self._acc = list(part)
+            self._acc = part   # type: ignore[assignment]
         else:
             torch._foreach_add_(self._acc, part)
 

@@ -19,6 +19,7 @@ entries (nothing to mask) and ``params[i]`` is a dense view made on demand (see
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -57,20 +58,45 @@ class DenseViews(Sequence[Tensor]):
         return (self[i] for i in range(len(self)))
 
 
+class MaskList(Sequence[Tensor]):
+    """``MaskManager.masks``: the bool mask of a layer stored dense; for a condensed layer the
+    mask its ELL index implies, made per access (the index is the mask: no dense bool tensor
+    per condensed layer stays alive)."""
+
+    def __init__(self, masks: list[Tensor | None], stores: list[CondensedParam | None]) -> None:
+        self._masks, self._stores = masks, stores
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __getitem__(self, i: int) -> Tensor:  # type: ignore[override]
+        store = self._stores[i]
+        return store.mask() if store is not None else self._masks[i]  # type: ignore[return-value]
+
+    def __setitem__(self, i: int, mask: Tensor) -> None:
+        self._masks[i] = mask
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (self[i] for i in range(len(self)))
+
+
 class MaskManager:
-    """Holds one bool mask per sparse weight (same shape as the weight)."""
+    """Holds one bool mask per sparse weight (same shape as the weight; a condensed layer's
+    is its index, see :class:`MaskList`)."""
 
     def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
         params = dict(model.named_parameters())
         self.names: list[str] = list(names)
         self.dense_params: list[nn.Parameter] = [params[n] for n in self.names]
-        self.masks: list[Tensor] = [torch.ones_like(p, dtype=torch.bool) for p in self.dense_params]
+        self.stores: list[CondensedParam | None] = [None] * len(self.names)
+        self.shapes = [tuple(p.shape) for p in self.dense_params]
+        self.masks: MaskList | list[Tensor] = MaskList(
+            [torch.ones_like(p, dtype=torch.bool) for p in self.dense_params], self.stores)
         # float copies of the masks in the weights' layout, made at the first mask_grads after
         # a mask change (a layer stored condensed never needs one)
         self._scale: list[Tensor | None] = [None] * len(self.names)
         self._nnz: list[tuple[Tensor, int, int] | None] = [None] * len(self.names)
         self.optimizer: torch.optim.Optimizer | None = None
-        self.stores: list[CondensedParam | None] = [None] * len(self.names)
 
     @property
     def params(self) -> DenseViews:
@@ -82,6 +108,7 @@ class MaskManager:
         self.stores[i] = store
         self._scale[i] = None
         self.dense_params[i] = None  # type: ignore[call-overload]
+        self.masks[i] = None  # type: ignore[call-overload]   # implied by the store's index
 
     def release_views(self) -> None:
         """Free the dense leaves (and dense gradients) of the condensed layers."""
@@ -112,12 +139,11 @@ class MaskManager:
         """Install new masks (by layer index): zero the weights and optimizer state they drop."""
         for i, mask in new.items():
             store = self.stores[i]
-            shape = tuple(self.masks[i].shape)
+            shape = self.shapes[i]
             if tuple(mask.shape) != shape or mask.dtype != torch.bool:
                 raise ValueError(f"mask for {self.names[i]} must be bool {shape}")
             if store is not None:
-                self.masks[i] = mask.to(store.values.device)
-                store.set_mask(self.masks[i], self.optimizer)
+                store.set_mask(mask.to(store.values.device), self.optimizer)
                 continue
             p = self.dense_params[i]
             self.masks[i] = mask.to(p.device)
@@ -155,20 +181,31 @@ class MaskManager:
     def nnz(self) -> list[int]:
         """Nonzeros per mask: cached; the masks changed since the last call are counted with
         one host read in all (count_nonzero: a bool .sum() upcasts and is ~10x slower)."""
-        stale = [i for i, m in enumerate(self.masks) if not self._fresh(i, m)]
+        keys = [self._key(i) for i in range(len(self))]
+        stale = [i for i, key in enumerate(keys) if not self._fresh(i, key)]
         if stale:
-            counts = host.read(torch.stack([torch.count_nonzero(self.masks[i]) for i in stale]),
+            counts = host.read(torch.stack([self._count(i) for i in stale]),
                                "nonzeros of the masks changed since the last count")
             for i, n in zip(stale, counts):
-                self._nnz[i] = (self.masks[i], self.masks[i]._version, int(n))
+                self._nnz[i] = (keys[i][0], keys[i][1], int(n))
         return [entry[2] for entry in self._nnz]  # type: ignore[index]
 
-    def _fresh(self, i: int, mask: Tensor) -> bool:
+    def _key(self, i: int) -> tuple[Tensor, int]:
+        """What layer ``i``'s count depends on: its mask, or a condensed layer's index."""
+        t = self.masks._masks[i] if isinstance(self.masks, MaskList) else self.masks[i]
+        t = self.stores[i].index if self.stores[i] is not None else t  # type: ignore[union-attr]
+        return t, t._version
+
+    def _count(self, i: int) -> Tensor:
+        store = self.stores[i]
+        return torch.count_nonzero(self.masks[i] if store is None else store.index >= 0)
+
+    def _fresh(self, i: int, key: tuple[Tensor, int]) -> bool:
         entry = self._nnz[i]
-        return entry is not None and entry[0] is mask and entry[1] == mask._version
+        return entry is not None and entry[0] is key[0] and entry[1] == key[1]
 
     def density(self) -> dict[str, float]:
-        return {n: k / m.numel() for n, k, m in zip(self.names, self.nnz(), self.masks)}
+        return {n: k / math.prod(shape) for n, k, shape in zip(self.names, self.nnz(), self.shapes)}
 
     def state_dict(self) -> dict[str, Tensor]:
         """Masks as bool tensors on the CPU, keyed by parameter name (the checkpoint contract)."""

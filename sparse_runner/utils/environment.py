@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from .memphase import PHASES
 
 
 def versions() -> dict[str, str]:
@@ -33,7 +34,8 @@ def device_name(device: torch.device) -> str:
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak memory of this process so far: resident set (MB) and, on CUDA, allocated tensors."""
+    """Peak memory of this process so far: resident set (MB), per phase of the run where
+    Linux reports it (memphase.py), and, on CUDA, allocated tensors."""
     out: dict[str, float] = {}
     try:
         import resource
@@ -41,6 +43,10 @@ def peak_memory(device: torch.device) -> dict[str, float]:
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     except (ImportError, OSError):  # not on every platform
         pass
+    phases = PHASES.summary()   # per phase: setup, steady_step, update_step, between_steps
+    if phases:
+        out["peak_rss_mb"] = round(max(out.get("peak_rss_mb", 0.0), PHASES.overall), 1)
+        out["phases"] = {k: {"peak_rss_mb": v} for k, v in phases.items()}
     if device.type == "cuda" and torch.cuda.is_available():
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
