@@ -42,8 +42,10 @@ def _example_batch(plan: RunPlan, channels_last: bool) -> torch.Tensor | None:
     if plan.data is None:
         return None
     spec, n = plan.data.spec, min(int(plan.cfg.trainer.batch_size), 16)
-    x = torch.randn(n, spec.in_channels, spec.image_size, spec.image_size, device=plan.device)
-    return x.to(memory_format=torch.channels_last) if channels_last else x
+    shape = spec.input_shape if spec.kind == "signal" else (spec.in_channels, spec.image_size,
+                                                            spec.image_size)
+    x = torch.randn(n, *shape, device=plan.device)
+    return x.to(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:

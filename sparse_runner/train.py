@@ -195,7 +195,8 @@ class Trainer:
 
     # ---- internals -----------------------------------------------------------------------------
     def _prep(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.setup.channels_last else x
+        four_d = self.setup.channels_last and x.dim() == 4   # 1-D signals and tokens: as they are
+        return x.contiguous(memory_format=torch.channels_last) if four_d else x
 
     def _autocast(self):
         return self.precision.autocast()
