@@ -129,14 +129,20 @@ def test_conv1d_flops_equal_flop_counter_mode(model, ift):
             assert table.dense_fwd() == _by_hand(net)
 
 
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """One MNIST-1D cache for the module (the generator takes a few CPU seconds)."""
+    return tmp_path_factory.mktemp("data")
+
+
 @pytest.mark.parametrize("ift", ["wide", "parallel", "factorized", "doped"])
 @pytest.mark.parametrize("model", ["mlp", "cnn1d"])
-def test_every_member_is_iso_flop_on_both_families(tmp_path, model, ift):
+def test_every_member_is_iso_flop_on_both_families(tmp_path, data_root, model, ift):
     from sparse_runner.run import run
 
     dense = ["sparse.dense=[head]"] if model == "mlp" else []
     for s in (0.5, 0.75, 0.9):
-        cfg = compose(["dataset=mnist1d", f"dataset.root={tmp_path / 'data'}", f"model={model}",
+        cfg = compose(["dataset=mnist1d", f"dataset.root={data_root}", f"model={model}",
                        f"ift={ift}", f"s={s}", "method=static", "run.dry_run=true",
                        "run.device=cpu", *dense])
         summary = run(cfg, tmp_path / f"{model}-{ift}-{s}")
