@@ -109,24 +109,38 @@ def improvement(a: Sequence[float], b: Sequence[float], higher_is_better: bool
     return Interval(-iv.diff, -iv.high, -iv.low, iv.df)
 
 
-def claim_line(table: Table, claim: Claim) -> str:
-    info = table.published.info
-    up, unit = bool(info.get("higher_is_better", True)), str(info.get("claim_unit", "points"))
+def evaluate(table: Table, claim: Claim) -> dict[str, Any]:
+    """The claim's numbers: runs per side, the improvement and its interval, the verdict."""
+    up = bool(table.published.info.get("higher_is_better", True))
     a, b = find_cell(table, claim.row, claim.s), find_cell(table, claim.vs, claim.vs_s)
+    out: dict[str, Any] = {"claim": claim.text, "row": claim.row, "s": claim.s, "vs": claim.vs,
+                           "vs_s": claim.vs_s, "source": claim.source,
+                           "n": [a.n if a else 0, b.n if b else 0], "diff": None, "low": None,
+                           "high": None, "verdict": INCONCLUSIVE}
+    if a is None or b is None or not a.n or not b.n:
+        return out
+    interval = improvement(a.accs, b.accs, up)
+    out["diff"] = (a.mean - b.mean) * (1 if up else -1)
+    if interval is not None:
+        out.update(low=interval.low, high=interval.high, verdict=verdict(interval))
+    return out
+
+
+def claim_line(table: Table, claim: Claim) -> str:
+    unit = str(table.published.info.get("claim_unit", "points"))
+    r = evaluate(table, claim)
     where = "" if claim.s is None else f", s={claim.s:g}"
     if claim.vs_s is not None and claim.vs_s != claim.s:
         where += f" vs s={claim.vs_s:g}"
     src = f" (source: {claim.source})" if claim.source else ""
-    if a is None or b is None or not a.n or not b.n:
+    (na, nb), d = r["n"], r["diff"]
+    if d is None:
         return f"- {claim.text}{where}: no completed runs for one side: {INCONCLUSIVE}{src}"
-    interval = improvement(a.accs, b.accs, up)
-    if interval is None:
-        d = (a.mean - b.mean) * (1 if up else -1)
-        return (f"- {claim.text}{where}: {_num(d, unit)} {unit}, n={a.n} and {b.n} (a CI needs "
+    if r["low"] is None:
+        return (f"- {claim.text}{where}: {_num(d, unit)} {unit}, n={na} and {nb} (a CI needs "
                 f">= 2 seeds per cell): {INCONCLUSIVE}{src}")
-    return (f"- {claim.text}{where}: {_num(interval.diff, unit)} {unit}, CI "
-            f"[{_num(interval.low, unit)}, {_num(interval.high, unit)}] (n={a.n}, {b.n}): "
-            f"{verdict(interval)}{src}")
+    return (f"- {claim.text}{where}: {_num(d, unit)} {unit}, CI [{_num(r['low'], unit)}, "
+            f"{_num(r['high'], unit)}] (n={na}, {nb}): {r['verdict']}{src}")
 
 
 def _num(x: float, unit: str) -> str:
