@@ -47,6 +47,11 @@ def _dense_lines(ax: Any, rows: Sequence[TableRow], at_flops: bool = False) -> N
             ax.axhline(cell.paper[0], color="grey", lw=1, ls="--", label=f"{row.label} (paper)")
 
 
+def _ylabel(table: Table) -> str:
+    key = str(table.published.info.get("metric_key", "test_acc1"))
+    return "test top-1 (%)" if key == "test_acc1" else key.replace("_", " ")
+
+
 def flops_figure(table: Table) -> bytes | None:
     """Accuracy vs training FLOPs, one series per row; None when no run has FLOPs."""
     plt = _pyplot()
@@ -65,7 +70,7 @@ def flops_figure(table: Table) -> bytes | None:
     _dense_lines(ax, [r for r in table.rows if r.dense], at_flops=True)
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(_ylabel(table))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return png(fig)
@@ -92,7 +97,7 @@ def sparsity_figure(table: Table) -> bytes | None:
         return None
     _dense_lines(ax, [r for r in table.rows if r.dense])
     ax.set_xlabel("sparsity s")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(_ylabel(table))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     return png(fig)
