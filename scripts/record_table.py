@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sparse_runner.utils.environment import versions
 from sparse_runner.report import detect_presets
+from sparse_runner.report.claims import evaluate, load_claims
 from sparse_runner.report.runs import find_runs
 from sparse_runner.report.spectral import correlations, points
 from sparse_runner.report.tables import build_table, load_published
@@ -53,6 +54,7 @@ def main() -> None:
     result = {
         "benchmark": args.name, "date": date, "preset": preset, "commands": args.command,
         "wall_s": args.wall_s, "cells": cells(table), "notes": args.note,
+        "claims": [evaluate(table, c) for c in load_claims(table.published.info)],
         "spectral": {"points": pts, "spearman": correlations(pts)},
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "versions": versions(),

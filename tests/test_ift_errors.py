@@ -23,13 +23,13 @@ def _raises(match: str, fn, *args, **kw) -> str:
     return message
 
 
-class Conv1dNet(nn.Module):
+class Conv3dNet(nn.Module):
     def __init__(self, width_mult: float = 1.0) -> None:
         super().__init__()
-        self.stem, self.mid, self.head = nn.Conv1d(3, 8, 3), nn.Conv1d(8, 8, 3), nn.Linear(8, 2)
+        self.stem, self.mid, self.head = nn.Conv3d(3, 8, 3), nn.Conv3d(8, 8, 3), nn.Linear(8, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.mid(self.stem(x)).mean(-1))
+        return self.head(self.mid(self.stem(x)).mean((2, 3, 4)))
 
 
 class StdConv2d(nn.Conv2d):
@@ -53,8 +53,8 @@ class CustomNet(nn.Module):
 
 @pytest.mark.parametrize("ift", ["parallel", "factorized", "doped"])
 def test_unsupported_layer_types(ift):
-    msg = _raises("layer 'mid' of type Conv1d", build_ift_model, {"name": ift}, 0.5, Conv1dNet,
-                  (3, 16))
+    msg = _raises("layer 'mid' of type Conv3d", build_ift_model, {"name": ift}, 0.5, Conv3dNet,
+                  (3, 6, 6, 6))
     assert "ift.exclude=['mid']" in msg
     _raises("layer 'mid' of type StdConv2d", build_ift_model, {"name": ift}, 0.5, CustomNet,
             (3, 8, 8))
@@ -70,12 +70,12 @@ def test_grouped_conv_only_for_members_that_copy_the_layer():
 
 
 def test_nothing_to_transform():
-    _raises("no Conv2d/Linear layer to transform", build_ift_model,
-            {"name": "parallel", "exclude": ["mid"]}, 0.5, Conv1dNet, (3, 16))
+    _raises("no Conv/Linear layer to transform", build_ift_model,
+            {"name": "parallel", "exclude": ["mid"]}, 0.5, Conv3dNet, (3, 6, 6, 6))
 
 
 def test_model_that_ignores_width_mult():
-    _raises("ignores width_mult", build_ift_model, {"name": "wide"}, 0.5, Conv1dNet, (3, 16))
+    _raises("ignores width_mult", build_ift_model, {"name": "wide"}, 0.5, Conv3dNet, (3, 6, 6, 6))
 
 
 @pytest.mark.parametrize("ift", ["wide", "parallel", "factorized", "doped"])

@@ -11,6 +11,7 @@ from .cifar import build_cifar10, build_cifar100
 from .digits import build_digits
 from .fake import write_fake_cifar, write_fake_imagenet
 from .imagenet import build_imagenet
+from .mnist1d import build_mnist1d
 from .synthetic import build_synthetic
 from .text import block_size_of, build_shakespeare, build_text, dataset_with_model_defaults
 
@@ -20,6 +21,7 @@ DATASETS.register("cifar10")(build_cifar10)
 DATASETS.register("cifar100")(build_cifar100)
 DATASETS.register("imagenet")(build_imagenet)
 DATASETS.register("synthetic")(build_synthetic)
+DATASETS.register("mnist1d")(build_mnist1d)
 DATASETS.register("shakespeare")(build_shakespeare)
 DATASETS.register("text")(build_text)
 

@@ -42,16 +42,19 @@ class DataSpec:
     name: str
     in_channels: int
     num_classes: int  # classes, or the vocabulary size of a text dataset
-    image_size: int  # height == width for every image dataset we ship; 0 for text
-    kind: str = "image"  # "image" | "text": which models can take it
-    seq_len: int = 0  # text: the window (block_size) each sample holds
+    image_size: int  # height == width for every image dataset we ship; 0 for text and signals
+    kind: str = "image"  # "image" | "text" | "signal" (1-D, [C, L]): which models can take it
+    seq_len: int = 0  # text: the window (block_size) each sample holds; signal: its length L
     task: str = "classification"  # the tasks/ registry name: loss, metrics, FLOP unit
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """One sample's shape, as the FLOP trace feeds it."""
-        return (self.seq_len,) if self.kind == "text" else (self.in_channels, self.image_size,
-                                                            self.image_size)
+        if self.kind == "text":
+            return (self.seq_len,)
+        if self.kind == "signal":
+            return (self.in_channels, self.seq_len)
+        return (self.in_channels, self.image_size, self.image_size)
 
 
 class Loader(Protocol):
@@ -144,8 +147,9 @@ class TensorLoader:
         self.images = images.to(device) if self.scale != 1.0 else images.to(device, torch.float32)
         self.labels = labels.to(device, torch.long)
         self.batch_size = int(batch_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        per_channel = (1, -1, *[1] * (images.dim() - 2))   # [1, C, 1, 1] images, [1, C, 1] signals
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(per_channel)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(per_channel)
         self.seed, self.shuffle, self.drop_last, self.augment = seed, shuffle, drop_last, augment
         self.rank, self.world = 0, 1
 

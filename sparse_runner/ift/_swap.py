@@ -11,7 +11,8 @@ Which layers are transformed: every plain ``nn.Conv2d`` and ``nn.Linear`` except
 
 By default the 1x1 shortcut convs are transformed too: the rule is one line for any model
 built from Conv2d/Linear layers, and the Iso-FLOP search makes either choice Iso-FLOP.
-Anything the rule cannot handle (Conv1d/Conv3d, a Conv2d/Linear subclass with its own forward,
+Conv1d layers (the 1-D CNNs) are handled like Conv2d with a height-1 kernel. Anything the rule
+cannot handle (Conv3d, a Conv/Linear subclass with its own forward,
 a grouped conv for a member that needs a full matrix) is a one-line error naming the layer:
 a layer is never silently skipped.
 """
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, ClassVar, Sequence
 
+import math
+
 import torch
 from torch import nn
 
@@ -29,8 +32,8 @@ from ..flops.tables import flop_modules
 from ..sparsity.filter import mark_dense
 from .base import IFTFamily
 
-Layer = nn.Conv2d | nn.Linear
-SUPPORTED = (nn.Conv2d, nn.Linear)
+Layer = nn.Conv1d | nn.Conv2d | nn.Linear
+SUPPORTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -46,24 +49,25 @@ def io(layer: Layer) -> tuple[int, int]:
 
 
 def fan(layer: Layer) -> tuple[int, int]:
-    """(D_in, D_out) of the layer as a matrix: a k x k conv is (c_in * k * k) x c_out."""
+    """(D_in, D_out) of the layer as a matrix: a k x k conv is (c_in * k * k) x c_out, a
+    width-k Conv1d (c_in * k) x c_out."""
     d_in, d_out = io(layer)
-    if isinstance(layer, nn.Conv2d):
-        d_in = d_in // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        d_in = d_in // layer.groups * math.prod(layer.kernel_size)
     return d_in, d_out
 
 
 @dataclass
 class Plan:
     transform: list[tuple[str, Layer]] = field(default_factory=list)
-    depthwise: list[tuple[str, nn.Conv2d]] = field(default_factory=list)
+    depthwise: list[tuple[str, nn.Conv1d | nn.Conv2d]] = field(default_factory=list)
 
 
 def plain_forward(module: nn.Module) -> bool:
     """A Conv2d/Linear (or a subclass) whose forward is the plain op on its own weight: the
     base classes' forward, or timm's ``Linear`` (F.linear on its weight, a TorchScript cast)."""
     forward = type(module).forward
-    if forward in (nn.Linear.forward, nn.Conv2d.forward):
+    if forward in (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward):
         return True
     return type(module).__module__.startswith("timm.layers.linear") and isinstance(module, nn.Linear)
 
@@ -76,7 +80,7 @@ def refuse_unswappable(model: nn.Module, name: str, module: nn.Module, family: s
     fix = f"leave it out with ift.exclude=['{name}'] or use ift=none"
     if not isinstance(module, SUPPORTED) or not plain_forward(module):
         raise UserError(f"ift={family} cannot transform layer {name!r} of type "
-                        f"{type(module).__name__} (only Conv2d and Linear whose forward is the "
+                        f"{type(module).__name__} (only Conv1d, Conv2d and Linear whose forward is the "
                         f"plain op); {fix}")
     if isinstance(parent, nn.MultiheadAttention):
         raise UserError(f"ift={family} cannot transform {name!r}: nn.MultiheadAttention reads its "
@@ -101,7 +105,7 @@ def plan_layers(model: nn.Module, keep: set[str], exclude: Sequence[str], family
         refuse_unswappable(model, name, module, family)
         if is_depthwise(module):
             plan.depthwise.append((name, module))
-        elif isinstance(module, nn.Conv2d) and module.groups > 1 and not grouped_ok:
+        elif isinstance(module, SUPPORTED[:2]) and module.groups > 1 and not grouped_ok:
             raise UserError(f"ift={family} cannot transform grouped conv {name!r} (groups="
                             f"{module.groups}); leave it out with ift.exclude=['{name}']")
         else:
@@ -111,7 +115,7 @@ def plan_layers(model: nn.Module, keep: set[str], exclude: Sequence[str], family
         raise UserError(f"ift.exclude pattern {unused[0]!r} matches no Conv/Linear layer; "
                         "patterns match module names such as 'layer1.0.conv1'")
     if not plan.transform:
-        raise UserError(f"ift={family} found no Conv2d/Linear layer to transform besides the "
+        raise UserError(f"ift={family} found no Conv/Linear layer to transform besides the "
                         "stem, head, depthwise and excluded layers; use ift=none")
     return plan
 
@@ -119,7 +123,7 @@ def plan_layers(model: nn.Module, keep: set[str], exclude: Sequence[str], family
 def init_weight(layer: Layer) -> Layer:
     """Fresh weights for a new layer: Kaiming-normal fan-out for convs (the ResNets' and the
     official code's choice), PyTorch's default for Linear."""
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, nn.modules.conv._ConvNd):
         nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
@@ -128,18 +132,24 @@ def init_weight(layer: Layer) -> Layer:
     return layer
 
 
+def conv_type(like: nn.Module) -> type[nn.Conv1d] | type[nn.Conv2d]:
+    """The plain conv class of ``like`` (a subclass's constructor may take other arguments)."""
+    return nn.Conv1d if isinstance(like, nn.Conv1d) else nn.Conv2d
+
+
 def new_layer(like: Layer, *, in_f: int, out_f: int, bias: bool, pointwise: bool = False,
               groups: int = 1) -> Layer:
-    """A freshly initialised Conv2d/Linear on ``like``'s device and dtype. Convs keep ``like``'s
+    """A freshly initialised Conv1d/Conv2d/Linear (``like``'s kind) on ``like``'s device and
+    dtype. Convs keep ``like``'s
     kernel, stride, padding and dilation unless ``pointwise`` (1x1, stride 1). Built on the meta
     device first, so its weights are drawn once."""
     with torch.device("meta"):
         if isinstance(like, nn.Linear):
             layer: Layer = nn.Linear(in_f, out_f, bias=bias, dtype=like.weight.dtype)
         elif pointwise:
-            layer = nn.Conv2d(in_f, out_f, 1, bias=bias, dtype=like.weight.dtype)
+            layer = conv_type(like)(in_f, out_f, 1, bias=bias, dtype=like.weight.dtype)
         else:
-            layer = nn.Conv2d(in_f, out_f, like.kernel_size, like.stride, like.padding,
+            layer = conv_type(like)(in_f, out_f, like.kernel_size, like.stride, like.padding,
                               like.dilation, groups, bias, like.padding_mode, dtype=like.weight.dtype)
     return init_weight(layer.to_empty(device=like.weight.device))
 
@@ -170,7 +180,7 @@ def batch_norm(layer: Layer, features: int) -> nn.Module:
     kw = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     if isinstance(layer, nn.Linear):
         return FeatureBatchNorm(features, **kw)
-    return nn.BatchNorm2d(features, **kw)
+    return (nn.BatchNorm1d if isinstance(layer, nn.Conv1d) else nn.BatchNorm2d)(features, **kw)
 
 
 NONLINEARITIES = ("bn_relu", "bn", "linear")

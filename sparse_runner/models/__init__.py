@@ -2,8 +2,8 @@
 
 ``model.name`` picks the family: ``resnet18`` / ``resnet34`` (:mod:`.resnet`), ``timm``
 (:mod:`.timm_zoo`, widened by :mod:`.timm_wide`), ``torchvision`` (:mod:`.torchvision_zoo`),
-``custom`` (:mod:`.custom`), ``gpt`` (:mod:`.gpt`) and ``hf`` (:mod:`.hf`, any transformers
-causal LM). The presets (``model=mobilenetv2``,
+``custom`` (:mod:`.custom`), ``gpt`` (:mod:`.gpt`), ``hf`` (:mod:`.hf`, any transformers
+causal LM), ``mlp`` (:mod:`.mlp`) and ``cnn1d`` (:mod:`.cnn1d`). The presets (``model=mobilenetv2``,
 ``mobilevit_s``, ``botnet50``, ``gpt3_small``) are configs of these families.
 """
 from __future__ import annotations
@@ -15,9 +15,11 @@ from torch import nn
 from ..utils.errors import UserError
 from ..utils.registry import Registry
 from .base import Factory, count_params, takes
+from .cnn1d import build_cnn1d
 from .custom import build_custom
 from .gpt import build_gpt
 from .hf import build_hf
+from .mlp import build_mlp
 from .resnet import DEPTHS, ResNet
 from .timm_zoo import build_timm
 from .torchvision_zoo import build_torchvision
@@ -50,6 +52,8 @@ MODELS.register("torchvision")(build_torchvision)
 MODELS.register("custom")(build_custom)
 MODELS.register("gpt")(build_gpt)
 MODELS.register("hf")(build_hf)
+MODELS.register("mlp")(build_mlp)
+MODELS.register("cnn1d")(build_cnn1d)
 
 
 def model_inputs(cfg: Mapping[str, Any]) -> tuple[str, ...]:
@@ -57,16 +61,21 @@ def model_inputs(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(getattr(MODELS.get(str(cfg["name"])), "inputs", ("image",)))
 
 
+FIXES = {"image": ("an image dataset (digits, cifar10, cifar100, imagenet, synthetic)",
+                   "model=resnet18"),
+         "text": ("a text dataset (dataset=shakespeare or dataset=text dataset.path=<file>)",
+                  "model=gpt"),
+         "signal": ("a 1-D signal dataset (dataset=mnist1d)", "model=cnn1d or model=mlp")}
+
+
 def check_inputs(cfg: Mapping[str, Any], kind: str, dataset: str) -> None:
     """An image model on a text dataset (or the reverse): one line naming the fix."""
     kinds = model_inputs(cfg)
     if kind in kinds:
         return
-    fix = ("an image dataset (digits, cifar10, cifar100, imagenet, synthetic)" if "image" in kinds
-           else "a text dataset (dataset=shakespeare or dataset=text dataset.path=<file>)")
+    fix = " or ".join(FIXES[k][0] for k in kinds)
     raise UserError(f"model={cfg['name']} takes {' or '.join(kinds)} input but dataset={dataset} "
-                    f"gives {kind}; use {fix}, or a model for {kind} (e.g. "
-                    f"{'model=gpt' if kind == 'text' else 'model=resnet18'})")
+                    f"gives {kind}; use {fix}, or a model for {kind} (e.g. {FIXES[kind][1]})")
 
 
 def build_model(cfg: Mapping[str, Any], *, in_channels: int, num_classes: int, image_size: int,

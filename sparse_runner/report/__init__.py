@@ -22,6 +22,7 @@ from typing import Callable
 from ..outputs.checkpoint import atomic_write_bytes
 from ..utils.errors import UserError, one_line
 from . import html as html_page
+from .claims import claims_markdown
 from .generic import group_rows, load_runs, markdown, plot, sweep_report, to_csv  # noqa: F401
 from .runs import Run, Warn, find_runs, stderr_warn
 from .tables import build_table, load_published
@@ -58,13 +59,17 @@ def preset_report(root: Path, runs: list[Run], names: list[str], write: bool,
             continue
         mine = [r for r in runs if r.coord("name") == name]
         table = build_table(mine, pub)
-        text = table_markdown(table)
+        claims = claims_markdown(table)
+        text = table_markdown(table) + (f"\n\n{claims}" if claims else "")
         parts.append(text)
         if write:
             stem = "report" if len(names) == 1 else f"report_{name}"
             _write(root / f"{stem}.md", text + "\n")
             _write(root / f"{stem}.csv", table_csv(table))
             _write(root / f"{stem}.html", html_page.page(table))
+            figure = html_page.flops_figure(table) if claims else None
+            if figure is not None:   # the claim presets' accuracy-vs-FLOPs plot, as a file too
+                atomic_write_bytes(root / f"{stem}_flops.png", lambda f: f.write(figure))
     return "\n\n".join(parts)
 
 

@@ -12,6 +12,7 @@ import io
 import statistics
 from typing import Any, Sequence
 
+from .claims import claims_markdown
 from .tables import Table, TableRow, cell_text
 
 
@@ -33,13 +34,22 @@ def png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _dense_lines(ax: Any, rows: Sequence[TableRow]) -> None:
+def _dense_lines(ax: Any, rows: Sequence[TableRow], at_flops: bool = False) -> None:
+    """Each dense row as a line (its mean), plus its mean ± std at its FLOPs when asked."""
     for row in rows:
         cell = row.cells[0.0]
         if cell.n:
             ax.axhline(cell.mean, color="black", lw=1, ls="-", label=f"{row.label} (ours)")
+            if at_flops and cell.flops:
+                ax.errorbar([statistics.fmean(cell.flops)], [cell.mean], yerr=[cell.std],
+                            marker="s", color="black", capsize=3)
         if cell.paper:
             ax.axhline(cell.paper[0], color="grey", lw=1, ls="--", label=f"{row.label} (paper)")
+
+
+def _ylabel(table: Table) -> str:
+    key = str(table.published.info.get("metric_key", "test_acc1"))
+    return "test top-1 (%)" if key == "test_acc1" else key.replace("_", " ")
 
 
 def flops_figure(table: Table) -> bytes | None:
@@ -57,10 +67,10 @@ def flops_figure(table: Table) -> bytes | None:
     if not drawn:
         plt.close(fig)
         return None
-    _dense_lines(ax, [r for r in table.rows if r.dense])
+    _dense_lines(ax, [r for r in table.rows if r.dense], at_flops=True)
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(_ylabel(table))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return png(fig)
@@ -87,7 +97,7 @@ def sparsity_figure(table: Table) -> bytes | None:
         return None
     _dense_lines(ax, [r for r in table.rows if r.dense])
     ax.set_xlabel("sparsity s")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(_ylabel(table))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     return png(fig)
@@ -111,6 +121,12 @@ def table_html(table: Table) -> str:
     return f"<table><tr><th>row</th>{head}</tr>{''.join(body)}</table>"
 
 
+def claims_html(table: Table) -> str:
+    """The claim presets' difference-to-dense table and claim lines, as preformatted text."""
+    text = claims_markdown(table)
+    return f"<pre>{html.escape(text)}</pre>" if text else ""
+
+
 def page(table: Table) -> str:
     """The whole self-contained page for one table."""
     info = table.published.info
@@ -124,7 +140,7 @@ def page(table: Table) -> str:
         f"<h1>{title}</h1><p>{html.escape(str(info.get('metric', '')))}. Source: "
         f"{html.escape(str(info.get('source', '?')))}; page: {html.escape(str(info.get('page', '?')))}."
         " Cells: ours mean ± std over seeds (paper, Δ = ours − paper).</p>"
-        f"{notes}{table_html(table)}"
+        f"{notes}{table_html(table)}{claims_html(table)}"
         f"<h2>Accuracy vs training FLOPs</h2>{_img(flops_figure(table), 'accuracy vs FLOPs')}"
         f"<h2>Accuracy vs sparsity</h2>{_img(sparsity_figure(table), 'accuracy vs s')}"
         "</body></html>\n"

@@ -73,7 +73,11 @@ class Run:
 
     @property
     def acc(self) -> float | None:
-        return _number(self.summary.get("metrics", {}).get("test_acc1"))
+        return self.metric("test_acc1")
+
+    def metric(self, key: str) -> float | None:
+        """A final metric of summary.json (``test_acc1``, ``test_loss``, ...), None if absent."""
+        return _number(self.summary.get("metrics", {}).get(key))
 
     @property
     def train_flops(self) -> float | None:

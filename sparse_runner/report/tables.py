@@ -79,6 +79,7 @@ class Cell:
     failed: int = 0
     unfinished: int = 0  # job dirs without a summary: still running, or killed
     paper: Pair | None = None
+    decimals: int = 1   # of our mean and std in the table (``decimals`` of the published file)
 
     @property
     def n(self) -> int:
@@ -92,9 +93,11 @@ class Cell:
     def std(self) -> float:
         return statistics.stdev(self.accs) if len(self.accs) > 1 else 0.0
 
-    def add(self, run: Run) -> None:
-        if run.ok:
-            self.accs.append(run.acc)
+    def add(self, run: Run, key: str = "test_acc1") -> None:
+        """Count one run; ``key`` is the summary metric the table shows (``metric_key``)."""
+        value = run.metric(key)
+        if run.status == "completed" and value is not None:
+            self.accs.append(value)
             if run.train_flops:
                 self.flops.append(run.train_flops)
         elif run.status == "no summary":
@@ -137,17 +140,19 @@ class Table:
 
 
 def build_table(runs: Sequence[Run], pub: Published) -> Table:
-    """Group the preset's runs into the published layout (dense rows first per baseline)."""
+    """Group the preset's runs into the published layout (dense rows first per baseline).
+    The cells hold ``metric_key`` of the published file (default ``test_acc1``)."""
+    key = str(pub.info.get("metric_key", "test_acc1"))
     sparse: dict[str, dict[float, Cell]] = {}
     dense: dict[str, Cell] = {}
     for run in runs:
         if run.method == "dense" or (run.method is None and column_key(run.coord("column")) == 0):
-            dense.setdefault(str(run.coord("baseline")), Cell()).add(run)
+            dense.setdefault(str(run.coord("baseline")), Cell()).add(run, key)
             continue
         row, col = run.coord("row"), column_key(run.coord("column"))
         if row is None or col is None:
             continue
-        sparse.setdefault(str(row), {}).setdefault(col, Cell()).add(run)
+        sparse.setdefault(str(row), {}).setdefault(col, Cell()).add(run, key)
     columns = sorted({c for r in pub.rows if not r.reference for c in r.cells}
                      | {c for cells in sparse.values() for c in cells})
     used = {r.baseline or "dense" for r in pub.rows if not r.reference}
@@ -166,6 +171,9 @@ def build_table(runs: Sequence[Run], pub: Published) -> Table:
         rows.append(TableRow(key, key, None, {c: sparse[key].get(c, Cell()) for c in columns},
                              in_paper=False))
     datasets = sorted({r.dataset for r in runs if r.dataset})
+    for row in rows:
+        for cell in row.cells.values():
+            cell.decimals = int(pub.info.get("decimals", 1))
     return Table(pub, columns, rows, datasets)
 
 
@@ -192,7 +200,8 @@ def cell_text(cell: Cell, in_grid: bool = True) -> str:
     if cell.n == 0:
         ours = (", ".join(extra) if extra else ("missing" if in_grid else "not run"))
         return f"{ours} ({paper})" if paper else ours
-    ours = f"{cell.mean:.1f} ± {cell.std:.1f}" if cell.n > 1 else f"{cell.mean:.1f}"
+    d = cell.decimals
+    ours = f"{cell.mean:.{d}f} ± {cell.std:.{d}f}" if cell.n > 1 else f"{cell.mean:.{d}f}"
     if extra:
         ours += " +" + ", ".join(extra)
     if cell.paper is None:

@@ -4,7 +4,9 @@
   entries are physical zeros (masks.py). Works for every method; no speedup.
 * ``condensed``: the sparse layers of any mask-based method run through the compiled kernels
   of ``sparse_runner.kernels``: Conv2d (groups=1, dilation 1, zero padding) through the direct
-  sparse convolution (``sconv2d``, ELL weight), Linear through the constant fan-in kernels
+  sparse convolution (``sconv2d``, ELL weight), Conv1d through the same kernel as a height-1
+  convolution (its weight [O, C, k] flattens to the same ELL rows as [O, C, 1, k]), Linear
+  through the constant fan-in kernels
   (rows padded to the longest with zero-valued slots when the fan-in is not constant).
 
 What is stored: every layer that runs a kernel keeps only its nonzeros, ``values [O, K]`` (the
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.grad import conv2d_weight
+from torch.nn.grad import conv1d_weight, conv2d_weight
 
 from ..utils.errors import UserError
 from ..kernels import cfi_linear, sconv2d
@@ -52,11 +54,11 @@ def unsupported_reason(module: nn.Module | None) -> str:
     """Why the kernels cannot run this layer ("" if they can)."""
     if isinstance(module, nn.Linear):
         return ""
-    if not isinstance(module, nn.Conv2d):
-        return f"a {type(module).__name__} (the kernels run nn.Linear and nn.Conv2d)"
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return f"a {type(module).__name__} (the kernels run nn.Linear, nn.Conv1d and nn.Conv2d)"
     if module.groups != 1:
         return f"groups={module.groups} (grouped and depthwise convolutions stay dense)"
-    if tuple(module.dilation) != (1, 1):
+    if any(d != 1 for d in module.dilation):
         return f"dilation={tuple(module.dilation)}"
     if module.padding_mode != "zeros" or isinstance(module.padding, str):
         return f"padding={module.padding!r} padding_mode={module.padding_mode}"
@@ -123,7 +125,8 @@ class CondensedLayer:
     def __init__(self, backend: CondensedBackend, module: nn.Module, store: CondensedParam) -> None:
         self.backend, self.module, self.store = backend, module, store
         self.name = store.name
-        self.kernel = "sconv" if isinstance(module, nn.Conv2d) else "cfi"
+        self.kernel = "cfi" if isinstance(module, nn.Linear) else "sconv"
+        self.one_d = isinstance(module, nn.Conv1d)   # run as a height-1 Conv2d
         self._key: tuple[int, int] | None = None
 
     def _refresh(self) -> None:
@@ -155,16 +158,18 @@ class CondensedLayer:
     def _dense_grad_hook(self, x: Tensor) -> Callable[[Tensor], None]:
         m, store = self.module, self.store
 
+        grad_weight = conv1d_weight if self.one_d else conv2d_weight
+
         def hook(gy: Tensor) -> None:
-            store.add_dense_grad(conv2d_weight(x.detach().to(gy.dtype), store.shape, gy,
-                                               stride=m.stride, padding=m.padding))
+            store.add_dense_grad(grad_weight(x.detach().to(gy.dtype), store.shape, gy,
+                                             stride=m.stride, padding=m.padding))
         return hook
 
     def dense_forward(self, x: Tensor, w: Tensor) -> Tensor:
         """The module's own computation on the dense weight ``w``."""
         m = self.module
         if self.kernel == "sconv":
-            return m._conv_forward(x, w, m.bias)   # noqa: SLF001 (nn.Conv2d's own forward)
+            return m._conv_forward(x, w, m.bias)   # noqa: SLF001 (the conv's own forward)
         return F.linear(x, w, m.bias)
 
     def kernel_forward(self, x: Tensor) -> Tensor:
@@ -176,6 +181,10 @@ class CondensedLayer:
             dtype = kernel_dtype(x.device.type, dtype)   # CPU fp16: computed in fp32
             x, values = x.to(dtype), values.to(dtype)
             bias = None if bias is None else bias.to(dtype)
+        if self.kernel == "sconv" and self.one_d:   # [N, C, L] as [N, C, 1, L]
+            y = sconv2d(x.unsqueeze(2), values, self.idx, bias, (1, *m.kernel_size),
+                        (1, *m.stride), (0, *m.padding))
+            return y.squeeze(2)
         if self.kernel == "sconv":  # padded slots: skipped, zero gradient
             return sconv2d(x, values, self.idx, bias, m.kernel_size, m.stride, m.padding)
         if not self.all_valid:
