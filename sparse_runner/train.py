@@ -25,6 +25,7 @@ from .data import Data, Loader
 from .errors import TrainingFailed
 from .flops import LayerTable, train_flops_per_sample
 from .loggers import Loggers
+from .optional import attempt
 from .precision import Precision
 from .sparsity import SparsityMethod, spectral
 from .sparsity.condensed_ckpt import optimizer_names
@@ -294,7 +295,8 @@ class Trainer:
         """Log a ``spectral`` event (per layer and mean over layers) for the current masks."""
         if not self.setup.spectral_every:
             return None
-        metrics = spectral.section(self.model, self.method.mask_state())
+        metrics = attempt("spectral", f"spectral metrics ({when})", spectral.section,
+                          self.model, self.method.mask_state())
         if metrics is not None:
             self._log("spectral", self.state.step / self.setup.steps_per_epoch,
                       {"when": when, **metrics["mean"], "layers": metrics["layers"]},
