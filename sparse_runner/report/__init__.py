@@ -21,6 +21,7 @@ from typing import Callable
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import UserError, one_line
+from ..optional import collect
 from . import html as html_page
 from .generic import group_rows, load_runs, markdown, plot, sweep_report, to_csv  # noqa: F401
 from .runs import Run, Warn, find_runs, stderr_warn
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("sweep_dir", type=Path, help="a sparse-run sweep or run directory")
         parser.add_argument("--no-write", action="store_true", help="print only; write no files")
         args = parser.parse_args(argv)
-        print(report(args.sweep_dir, write=not args.no_write))
+        with collect("sparse-run-report"):  # a failing plot costs one warning line
+            print(report(args.sweep_dir, write=not args.no_write))
         return 0
     except UserError as exc:
         print(f"sparse-run-report: error: {one_line(exc)}", file=sys.stderr)
