@@ -27,6 +27,7 @@ from .outputs.fsio import atomic_write, atomic_write_text, probe_dir
 from .distributed.launch import rank_overrides
 from .config.overrides import check_keys, defer_swept_group_keys, normalise, parse
 from .distributed.stop import forward
+from .config.hydra_register import register_hydra_plugins
 from .train import Interrupted
 
 CONF_PACKAGE = "sparse_runner.conf"
@@ -128,6 +129,7 @@ def main() -> None:
         check_command_line(sys.argv[1:])
         sys.argv[1:] = defer_swept_group_keys(sys.argv[1:])
         sys.argv[1:] = rank_overrides(sys.argv[1:])  # torchrun: one run directory for all ranks
+        register_hydra_plugins()  # the grids sweeper, also under an editable install
         _hydra_main()
     except UserError as exc:
         sys.exit(_report(exc))

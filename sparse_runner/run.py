@@ -22,6 +22,7 @@ from .utils.errors import TrainingFailed, UserError, one_line
 from .utils.memphase import PHASES
 from .outputs.loggers import Loggers, MetricsFile, WandbMirror
 from .methods.auto import resolve_auto
+from .utils.optional import Skipped, attempt, collect
 from .optim import build_optimizer, lr_schedule
 from .plan import RunPlan, build_plan, requested_sparsity
 from .precision import amp_dtype
@@ -101,7 +102,10 @@ def resume_if_asked(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> str | N
 def attach_wandb(cfg: DictConfig, trainer: Trainer, run_dir: Path, run_id: str | None) -> None:
     if cfg.logger.name != "wandb" or not dist.current().is_main():
         return
-    mirror = WandbMirror(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), run_id)
+    mirror = attempt("wandb", "the wandb mirror", WandbMirror, cfg.logger, run_dir,
+                     OmegaConf.to_container(cfg, resolve=True), run_id, reraise=(UserError,))
+    if mirror is None:
+        return
     trainer.loggers.mirrors.append(mirror)
     trainer.setup.extra["wandb_id"] = mirror.run_id
 
@@ -154,6 +158,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _run_owned(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    with collect() as skipped:  # optional steps that fail are recorded, never fail the run
+        return _run_collected(cfg, run_dir, skipped)
+
+
+def _run_collected(cfg: DictConfig, run_dir: Path, skipped: Skipped) -> dict[str, Any]:
     t0 = time.perf_counter()
     PHASES.restart()   # this run's setup phase starts here (summary.json memory.phases)
     status, error, raised = "completed", None, None
@@ -181,11 +190,12 @@ def _run_owned(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     out["distributed"] = ddp.summary_section(
         plan.dist, int(cfg.trainer.batch_size), int(cfg.trainer.grad_accum),
         (trainer.mask_hashes if trainer else []) or [""] * plan.dist.world_size)
+    if trainer is not None:  # before the summary is written: a failing mirror is recorded there
+        trainer.loggers.close(_flat(out))
+    skipped.record(out)
     if plan.dist.is_main():  # the others wait until it is written (torchrun would stop rank 0
         write_summary(run_dir, out, failing=raised is not None)  # if they exited first)
     dist.finish_together(str(run_dir))
-    if trainer is not None:
-        trainer.loggers.close(_flat(out))
     if plan.model is not None and plan.dist.is_main():  # else the one-line error says it all
         print(sm.result_text(out))
     if raised is not None:

@@ -26,6 +26,7 @@ from .utils.errors import TrainingFailed
 from .flops.tables import LayerTable, train_flops_per_sample
 from .outputs.loggers import Loggers
 from .utils.memphase import PHASES
+from .utils.optional import attempt
 from .precision import Precision
 from .sparsity import SparsityMethod, spectral
 from .sparsity.condensed_ckpt import optimizer_names
@@ -302,7 +303,8 @@ class Trainer:
         """Log a ``spectral`` event (per layer and mean over layers) for the current masks."""
         if not self.setup.spectral_every:
             return None
-        metrics = spectral.section(self.model, self.method.mask_state())
+        metrics = attempt("spectral", f"spectral metrics ({when})", spectral.section,
+                          self.model, self.method.mask_state())
         if metrics is not None:
             self._log("spectral", self.state.step / self.setup.steps_per_epoch,
                       {"when": when, **metrics["mean"], "layers": metrics["layers"]},

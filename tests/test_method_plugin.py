@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, cli, run_tiny
 from sparse_runner.utils.errors import UserError
 from sparse_runner.config.plugins import load
+from conftest import run_tiny
 
 # What the guide tells a newcomer to write: methods/rigl.py copied, renamed, growth changed.
 PLUGIN = '''
@@ -69,11 +69,5 @@ def test_method_from_a_new_file_trains_in_process(tmp_path):
         run_tiny(tmp_path, "method=noisy_rigl", "s=0.9", "method.noise=-1", name="bad")
 
 
-@pytest.mark.slow
-def test_method_from_a_new_file_runs_from_the_command_line(tmp_path):
-    path = write_plugin(tmp_path, "noisy_rigl_cli")
-    proc = cli("method=noisy_rigl_cli", "s=0.9", "method.delta_t=2", "trainer.batch_size=256",
-               f"out_dir={tmp_path / 'run'}", *TINY, env={"SPARSE_RUN_PLUGINS": str(path)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["method"] == "noisy_rigl_cli"
+# From the command line (the installed `sparse-run` with SPARSE_RUN_PLUGINS, from a folder of the
+# user's own): tests/test_user_path.py::test_method_from_the_users_file.

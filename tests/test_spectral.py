@@ -167,3 +167,74 @@ def test_model_metrics_mean_skips_nan_and_json_safe():
     assert out["mean"]["delta_r"] == pytest.approx(out["layers"][0]["delta_r"])
     safe = spectral.json_safe(out)
     assert safe["layers"][1]["delta_r"] is None
+
+
+# ---- degenerate masks and weights: every path must agree with the dense float64 oracle ------
+# (the Lanczos path needs both sides > GRAM_LIMIT = 384, hence the 4xx shapes)
+
+def _l0_like(rows: int, cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random mask whose gated-off units keep their mask entries but have all-zero weights
+    (rows = output units, columns = input units), plus units that are fully masked off."""
+    w, m = random_layer((rows, cols), 0.05, seed)
+    w[::3] = 0.0          # gated-off output units: mask on, weight exactly zero
+    w[:, ::4] = 0.0       # gated-off input units
+    m[1::7] = 0.0         # units the mask removed entirely
+    m[:, 2::9] = 0.0
+    return w, m
+
+
+@pytest.mark.parametrize("shape", [(420, 460), (30, 40), (3, 700)])
+def test_all_zero_weights_under_a_mask(shape):
+    # the ArpackError -9 "starting vector is zero" case: |W| = 0 on the whole support
+    w, m = random_layer(shape, 0.05, seed=7)
+    got = spectral.layer_metrics(torch.zeros(shape, dtype=torch.float64), m)
+    want = oracle(np.zeros(shape), m.numpy())
+    assert got["lambda"] == 0.0 and want["lambda"] == 0.0
+    assert_close(got, want, tol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(420, 460), (60, 500)])
+def test_l0_gated_off_units(shape):
+    w, m = _l0_like(*shape, seed=11)
+    assert_close(spectral.layer_metrics(w, m), oracle(w.numpy(), m.numpy()), tol=1e-6)
+
+
+def test_zero_sub_block_and_zero_rows_on_lanczos_path():
+    w, m = random_layer((450, 500), 0.04, seed=5)
+    w[:200, :250] = 0.0   # a block whose weights are all zero (its mask stays)
+    m[300:, 300:] = 0.0   # a block the mask removed
+    m[17] = 0.0           # an empty row and column
+    m[:, 33] = 0.0
+    assert_close(spectral.layer_metrics(w, m), oracle(w.numpy(), m.numpy()), tol=1e-6)
+
+
+def test_rank_one_block_on_lanczos_path():
+    # a dense block of equal weights inside zeros: sigma_2 = 0 for the mask and for |W|
+    m = torch.zeros(450, 500, dtype=torch.float64)
+    m[10:430, 20:480] = 1.0
+    got = spectral.layer_metrics(3.0 * m)
+    want = oracle(3.0 * m.numpy(), m.numpy())
+    for k in spectral.METRICS:  # sigma_2 = 0 comes out to ~1e-8 * sigma_1
+        assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-5 * 3.0 * math.sqrt(420 * 460)), k
+
+
+@pytest.mark.parametrize("dense", [[[0.0]], [[2.0]], [[0.0, 3.0, 0.0, -4.0]], [[1.0], [0.0], [2.0]],
+                                   [[0.0, 0.0], [0.0, 5.0]], [[1.0, 2.0], [3.0, 4.0]]])
+def test_tiny_layers(dense):
+    w = torch.tensor(dense, dtype=torch.float64)
+    m = torch.ones_like(w)
+    assert_close(spectral.layer_metrics(w, m), oracle(w.numpy(), m.numpy()))
+    s1, s2 = spectral.top2(np.abs(w.numpy()))
+    sv = np.linalg.svd(np.abs(w.numpy()), compute_uv=False)
+    assert (s1, s2) == pytest.approx((sv[0], sv[1] if sv.size > 1 else 0.0), abs=1e-12)
+
+
+def test_arpack_failure_falls_back_to_exact(monkeypatch):
+    from scipy.sparse.linalg import ArpackNoConvergence
+
+    def give_up(*args, **kwargs):
+        raise ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((0, 0)))
+
+    monkeypatch.setattr(spectral, "svds", give_up)
+    w, m = _l0_like(420, 460, seed=3)
+    assert_close(spectral.layer_metrics(w, m), oracle(w.numpy(), m.numpy()), tol=1e-8)

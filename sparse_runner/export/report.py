@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..outputs import checkpoint as ckpt
 from ..utils.errors import UserError
+from ..utils.optional import attempt, collect
 from ..sparsity.condensed_ckpt import convert_checkpoint
 from .formats import index_dtype, to_condensed, to_csr
 
@@ -62,7 +63,7 @@ def export(model: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> tuple[di
         weight = model[name]
         shape = tuple(weight.shape)
         entry: dict[str, Any] = {"shape": list(shape), "csr": to_csr(weight, mask)}
-        cond = to_condensed(weight, mask)
+        cond = attempt("condensed", "the condensed form", to_condensed, weight, mask)
         if cond is not None:
             entry["condensed"] = cond
         layers[name] = entry
@@ -118,10 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     if not masks:
         raise UserError(f"{path} has no masks (a dense run): nothing sparse to export")
     model = convert_checkpoint({"model": payload["model"], "masks": masks}, "dense")["model"]
-    data, report = export(model, masks)  # a condensed run's checkpoint: dense weights first
+    with collect("sparse-run-report export") as skipped:  # the CSR form is the export; the
+        data, report = export(model, masks)  # rest optional. A condensed run: dense weights first
     out = args.out or args.run_dir / "export"
     ckpt.save(out / "sparse_weights.pt", data)
-    ckpt.atomic_write_json(out / "storage.json", {"layers": report, "total": totals(report)})
+    storage: dict[str, Any] = {"layers": report, "total": totals(report)}
+    skipped.record(storage)
+    ckpt.atomic_write_json(out / "storage.json", storage)
     table = markdown(report)
     ckpt.atomic_write_bytes(out / "storage.md", lambda f: f.write(table.encode()))
     print(table + f"\nwrote {out / 'sparse_weights.pt'} and {out / 'storage.json'}")

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from ..utils.errors import UserError
 from .fsio import append_line, atomic_write, make_dirs, read_jsonl, rewrite_jsonl
+from ..utils.optional import attempt
 
 
 def _clean(value: Any) -> Any:
@@ -58,6 +59,8 @@ def _step(event: Mapping[str, Any]) -> float:
 class WandbMirror:
     """Mirror of the metrics stream to Weights & Biases (online, offline or disabled)."""
 
+    section = "wandb"   # where summary.json records a failure of the mirror (optional.py)
+
     def __init__(self, cfg: Mapping[str, Any], run_dir: Path, config: dict, run_id: str | None):
         try:
             import wandb
@@ -97,7 +100,8 @@ class WandbMirror:
 
 
 class Loggers:
-    """The local file plus optional mirrors; ``log`` fans an event out to all of them."""
+    """The local file plus optional mirrors; ``log`` fans an event out to all of them. A mirror
+    is optional: one that raises is reported once (optional.py) and dropped."""
 
     def __init__(self, metrics: MetricsFile, mirrors: list[Any] | None = None) -> None:
         self.metrics = metrics
@@ -105,11 +109,13 @@ class Loggers:
 
     def log(self, event: Mapping[str, Any]) -> None:
         self.metrics.write(event)
-        for m in self.mirrors:
-            m.write(event)
+        for m in list(self.mirrors):
+            if attempt(m.section, f"the {m.section} mirror", m.write, event, default=False) is False:
+                self.mirrors.remove(m)
 
     def close(self, summary: Mapping[str, Any] | None = None) -> None:
         for m in self.mirrors:
             if summary is not None:
-                m.summary(summary)
-            m.close()
+                attempt(m.section, f"the {m.section} mirror's summary", m.summary, summary)
+            attempt(m.section, f"closing the {m.section} mirror", m.close)
+        self.mirrors = []

@@ -21,6 +21,7 @@ from typing import Callable
 
 from ..outputs.checkpoint import atomic_write_bytes
 from ..utils.errors import UserError, one_line
+from ..utils.optional import collect
 from . import html as html_page
 from .claims import claims_markdown
 from .generic import group_rows, load_runs, markdown, plot, sweep_report, to_csv  # noqa: F401
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("sweep_dir", type=Path, help="a sparse-run sweep or run directory")
         parser.add_argument("--no-write", action="store_true", help="print only; write no files")
         args = parser.parse_args(argv)
-        print(report(args.sweep_dir, write=not args.no_write))
+        with collect("sparse-run-report"):  # a failing plot costs one warning line
+            print(report(args.sweep_dir, write=not args.no_write))
         return 0
     except UserError as exc:
         print(f"sparse-run-report: error: {one_line(exc)}", file=sys.stderr)

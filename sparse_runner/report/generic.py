@@ -14,6 +14,7 @@ from typing import Any
 from ..outputs.checkpoint import atomic_write_bytes
 from ..utils.errors import UserError
 from ..flops.tables import human
+from ..utils.optional import attempt
 from .runs import Run, Warn, find_runs, stderr_warn
 
 RUN_COLUMNS = ["run", "status", "model", "ift", "method", "dataset", "s", "s_eff", "seed",
@@ -121,5 +122,5 @@ def sweep_report(root: Path, write: bool = True) -> str:
     if write:
         atomic_write_bytes(root / "report.md", lambda f: f.write((text + "\n").encode()))
         atomic_write_bytes(root / "report.csv", lambda f: f.write(to_csv(rows, RUN_COLUMNS).encode()))
-        plot(groups, root / "report.png")
+        attempt("plots", "the report plot (report.png)", plot, groups, root / "report.png")
     return text

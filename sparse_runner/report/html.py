@@ -10,9 +10,10 @@ import base64
 import html
 import io
 import statistics
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .claims import claims_markdown
+from ..utils.optional import attempt
 from .tables import Table, TableRow, cell_text
 
 
@@ -109,6 +110,15 @@ def _img(data: bytes | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
+def _figure(make: Callable[[Table], bytes | None], table: Table, alt: str) -> str:
+    """A figure is optional: if plotting fails the page says so (and one warning line)."""
+    failed = object()
+    data = attempt("plots", f"the {alt} figure", make, table, default=failed)
+    if data is failed:
+        return f"<p><em>{html.escape(alt)}: skipped, plotting failed (see the warning)</em></p>"
+    return _img(data, alt)
+
+
 def table_html(table: Table) -> str:
     head = "".join(f"<th>s={c:g}</th>" for c in table.columns)
     body = []
@@ -141,7 +151,7 @@ def page(table: Table) -> str:
         f"{html.escape(str(info.get('source', '?')))}; page: {html.escape(str(info.get('page', '?')))}."
         " Cells: ours mean ± std over seeds (paper, Δ = ours − paper).</p>"
         f"{notes}{table_html(table)}{claims_html(table)}"
-        f"<h2>Accuracy vs training FLOPs</h2>{_img(flops_figure(table), 'accuracy vs FLOPs')}"
-        f"<h2>Accuracy vs sparsity</h2>{_img(sparsity_figure(table), 'accuracy vs s')}"
+        f"<h2>Accuracy vs training FLOPs</h2>{_figure(flops_figure, table, 'accuracy vs FLOPs')}"
+        f"<h2>Accuracy vs sparsity</h2>{_figure(sparsity_figure, table, 'accuracy vs s')}"
         "</body></html>\n"
     )

@@ -40,6 +40,7 @@ from torch.nn.grad import conv1d_weight, conv2d_weight
 from ..utils.errors import UserError
 from ..kernels import cfi_linear, sconv2d
 from ..kernels.ops import autocast_dtype, kernel_dtype
+from ..utils.optional import attempt
 from .backend_choice import layer_inputs, time_layer
 from .condensed_params import CondensedParam
 
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from .method import SparsityMethod
 
 BACKENDS = ("masked", "condensed")
+SECTION = "sparsity.backend"  # where summary.json records a failed layer timing (optional.py)
+TIMING = "layer timing of the condensed backend"
 
 
 def unsupported_reason(module: nn.Module | None) -> str:
@@ -82,7 +85,8 @@ class CondensedBackend:
         modules = {f"{name}.weight": m for name, m in model.named_modules()}
         self.layers: list[CondensedLayer] = []
         self.choices: list[dict[str, Any]] = []
-        inputs = layer_inputs(model, [modules.get(n) for n in masks.names], example)
+        inputs = attempt(SECTION, TIMING, layer_inputs, model,
+                         [modules.get(n) for n in masks.names], example, default={})
         for i, name in enumerate(masks.names):
             module = modules.get(name)
             why = unsupported_reason(module)
@@ -102,8 +106,11 @@ class CondensedBackend:
     def _choose(layer: CondensedLayer, x: Tensor | None) -> dict[str, Any]:
         choice: dict[str, Any] = {"name": layer.name, "run": layer.kernel}
         if x is not None:
-            ms_kernel, ms_dense = time_layer(layer.module, layer.kernel_forward, x)
+            timed = attempt(SECTION, TIMING, time_layer, layer.module, layer.kernel_forward, x)
             layer.store.values.grad = layer.module.weight.grad = None   # no dense grads pile up
+            if timed is None:  # the kernel may be what failed: the dense way is the safe one
+                return {**choice, "run": "dense", "reason": f"layer timing failed ({SECTION}.error)"}
+            ms_kernel, ms_dense = timed
             choice.update(ms_kernel=round(ms_kernel, 3), ms_dense=round(ms_dense, 3))
             if ms_dense < ms_kernel:
                 choice.update(run="dense", reason="dense was faster on the run's shapes")

@@ -14,6 +14,9 @@ all-zero rows and columns removed. The graph's adjacency [[0, M], [Mᵀ, 0]] has
   one degree d (every d held by at least 3 columns; zero rows dropped again), averaged over those
   d; NaN if there is none.
 
+Weights that are exactly zero under the mask (L0's gated-off units, a layer whose weights
+decayed to zero) count for the mask's graph but not for |W|: an all-zero |W| has λ = 0.
+
 Top singular values of big matrices come from ARPACK's Lanczos (``scipy.sparse.linalg.svds``
 with a fixed start vector, so results are reproducible); thin ones (the per-degree sub-matrices
 mostly) from the exact eigenvalues of their small Gram matrix. No dense SVD of a layer is ever
@@ -25,9 +28,10 @@ import math
 from typing import Iterable, Mapping
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sps
 import torch
-from scipy.sparse.linalg import svds
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, svds
 
 from .condensed_params import dense_weights
 
@@ -49,26 +53,55 @@ def _as_2d(t: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def top2(a: sps.spmatrix | np.ndarray) -> tuple[float, float]:
-    """σ₁ ≥ σ₂ of ``a`` (σ₂ = 0 for a matrix with a single row or column).
+    """σ₁ ≥ σ₂ of ``a`` (0 for singular values that do not exist: an all-zero matrix, a single
+    nonzero row or column; NaN for an empty shape).
 
-    A tiny matrix goes through a dense SVD; a thin one (short side <= GRAM_LIMIT) through the eigenvalues of its small Gram
-    matrix, exact and cheap; anything bigger through Lanczos (ARPACK ``svds``)."""
-    rows, cols = a.shape
-    if rows == 0 or cols == 0:
+    Zero entries, rows and columns are dropped first (they change no nonzero singular value,
+    and ARPACK stops on an operator that maps its start vector to zero, e.g. a mask whose
+    weights are all exactly zero). A tiny matrix then goes through a dense SVD; a thin one
+    (short side <= GRAM_LIMIT) through the eigenvalues of its small Gram matrix, exact and
+    cheap; anything bigger through Lanczos (ARPACK ``svds``), falling back to the two top
+    eigenvalues of the Gram matrix of the short side if ARPACK gives up."""
+    if a.shape[0] == 0 or a.shape[1] == 0:
         return math.nan, math.nan
-    a = sps.csr_matrix(a)
+    a = _support(sps.csr_matrix(a, dtype=np.float64))
+    rows, cols = a.shape
+    if a.nnz == 0:
+        return 0.0, 0.0
+    if min(rows, cols) == 1:
+        return float(np.linalg.norm(a.data)), 0.0
     if rows * cols <= DENSE_LIMIT:
         sv = np.linalg.svd(a.toarray(), compute_uv=False)
-        return float(sv[0]), float(sv[1]) if sv.size > 1 else 0.0
+        return float(sv[0]), float(sv[1])
     if min(rows, cols) <= GRAM_LIMIT:  # σ₂ to ~1e-8·σ₁ absolute (square root of eigenvalues)
-        gram = (a @ a.T) if rows <= cols else (a.T @ a)
-        ev = np.linalg.eigvalsh(gram.toarray())[::-1]
-        sv = np.sqrt(np.clip(ev[:2], 0.0, None))
-        return float(sv[0]), float(sv[1]) if sv.size > 1 else 0.0
+        return _gram_top2(a)
     v0 = np.random.default_rng(0).random(min(rows, cols)) + 0.5
-    sv = svds(a, k=2, return_singular_vectors=False, v0=v0, solver="arpack",
-              tol=LANCZOS_TOL, ncv=min(LANCZOS_NCV, min(rows, cols) - 1))
+    try:
+        sv = svds(a, k=2, return_singular_vectors=False, v0=v0, solver="arpack",
+                  tol=LANCZOS_TOL, ncv=min(LANCZOS_NCV, min(rows, cols) - 1))
+    except (ArpackError, ArpackNoConvergence):
+        return _gram_top2(a, top_only=True)
     sv = np.sort(np.abs(sv))[::-1]
+    return float(sv[0]), float(sv[1])
+
+
+def _support(a: sps.csr_matrix) -> sps.csr_matrix:
+    """``a`` without explicit zeros and without all-zero rows and columns."""
+    a = a.copy()
+    a.eliminate_zeros()
+    a = a[np.flatnonzero(a.getnnz(axis=1))]
+    return a[:, np.flatnonzero(a.getnnz(axis=0))].tocsr()
+
+
+def _gram_top2(a: sps.csr_matrix, top_only: bool = False) -> tuple[float, float]:
+    """σ₁, σ₂ from the two largest eigenvalues of the Gram matrix of the short side (exact)."""
+    gram = ((a @ a.T) if a.shape[0] <= a.shape[1] else (a.T @ a)).toarray()
+    n = gram.shape[0]
+    if top_only:  # a big Gram matrix: only its top two eigenvalues (LAPACK syevr)
+        ev = scipy.linalg.eigh(gram, eigvals_only=True, subset_by_index=[n - 2, n - 1])[::-1]
+    else:
+        ev = np.linalg.eigvalsh(gram)[::-1]
+    sv = np.sqrt(np.clip(ev[:2], 0.0, None))
     return float(sv[0]), float(sv[1])
 
 
