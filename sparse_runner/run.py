@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,7 +28,7 @@ from .sparsity.backend import apply_backend
 from .resume import resume_trainer
 from .rundir import owned, write_summary
 from .runconfig import trajectory_config
-from .train import Interrupted, Trainer, TrainSetup
+from .train import Interrupted, Trainer, TrainSetup, to_channels_last
 
 FINGERPRINT_KEYS = ("model.name", "dataset.name", "method.name", "ift.name", "s", "seed",
                     "distribution.name", "trainer.batch_size", "trainer.epochs", "trainer.max_steps")
@@ -38,12 +39,16 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _example_batch(plan: RunPlan, channels_last: bool) -> torch.Tensor | None:
-    """A random batch of the run's input shape (the condensed backend times its layers on it)."""
+    """The first few samples of one real batch (first test batch: no shuffle, no augmentation,
+    no RNG drawn), on which the condensed backend times each layer: every layer then sees
+    inputs of its real shape and dtype, whatever the task (images, token ids)."""
     if plan.data is None:
         return None
-    spec, n = plan.data.spec, min(int(plan.cfg.trainer.batch_size), 16)
-    x = torch.randn(n, spec.in_channels, spec.image_size, spec.image_size, device=plan.device)
-    return x.to(memory_format=torch.channels_last) if channels_last else x
+    with closing(plan.data.test.batches(0)) as batches:
+        x = next(batches, (None, None))[0]
+    if x is None:
+        return None
+    return to_channels_last(x[:16]) if channels_last else x[:16]
 
 
 def make_trainer(plan: RunPlan, run_dir: Path) -> Trainer:

@@ -33,6 +33,11 @@ from .stop import StopRequest
 from .tasks import Classification, Task
 
 
+def to_channels_last(x: Tensor) -> Tensor:
+    """An image batch in channels_last layout; any other input (token ids) as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 class Interrupted(Exception):
     """Training stopped on request (signal or ``trainer.stop_after_steps``) after a checkpoint;
     ``signum`` is the signal that asked (0 for ``stop_after_steps``)."""
@@ -195,7 +200,7 @@ class Trainer:
 
     # ---- internals -----------------------------------------------------------------------------
     def _prep(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.setup.channels_last else x
+        return to_channels_last(x) if self.setup.channels_last else x
 
     def _autocast(self):
         return self.precision.autocast()
