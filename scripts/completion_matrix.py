@@ -87,7 +87,7 @@ def run_cell(cell: dict[str, Any], root: str) -> dict[str, Any]:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from sparse_runner.errors import UserError, one_line
+    from sparse_runner.errors import TrainingFailed, UserError, one_line
     from sparse_runner.overrides import normalise
     from sparse_runner.run import run
 
@@ -104,6 +104,8 @@ def run_cell(cell: dict[str, Any], root: str) -> dict[str, Any]:
         out.update(status="completed", steps=(summary.get("metrics") or {}).get("steps"))
     except UserError as exc:
         out.update(status="refused", message=one_line(exc))
+    except TrainingFailed as exc:   # a non-finite loss at smoke size: ran, did not learn
+        out.update(status="diverged", message=one_line(exc))
     except Exception as exc:  # noqa: BLE001 (a crash is what the matrix records)
         ours = [f for f in traceback.extract_tb(exc.__traceback__) if "sparse_runner" in f.filename]
         tb = (ours or traceback.extract_tb(exc.__traceback__))[-1]
@@ -143,7 +145,7 @@ def run_all(todo: list[dict[str, Any]], jobs: int, root: str, log=None,
     return [results[i] for i in range(len(todo))]
 
 
-MARK = {"completed": "ok", "refused": "refused", "crashed": "**CRASH**"}
+MARK = {"completed": "ok", "refused": "refused", "diverged": "nan", "crashed": "**CRASH**"}
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -196,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         ran = run_all([c for c in todo if key(c) not in done], args.jobs, root, log=sys.stderr,
                       record=args.resume or args.out / "completion_matrix.jsonl")
     by_key = {**done, **{key(r): r for r in ran}}
+    for r in by_key.values():   # records of an older version of this script
+        if r["status"] == "crashed" and r.get("message", "").startswith("TrainingFailed: "):
+            r.update(status="diverged", message=r["message"][len("TrainingFailed: "):])
     results = [by_key[key(c)] for c in todo]
     from sparse_runner.summary import versions
     record = {"date": datetime.date.today().isoformat(), "steps": STEPS,
