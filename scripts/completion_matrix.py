@@ -126,8 +126,8 @@ def run_all(todo: list[dict[str, Any]], jobs: int, root: str, log=None,
     """Every cell of ``todo`` in ``jobs`` worker processes; results in ``todo``'s order, each
     also appended to the JSON-lines file ``record`` as it comes (``--resume`` reads it)."""
     results: dict[int, dict[str, Any]] = {}
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
-                             max_tasks_per_child=40) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
+                             initializer=_worker_init) as pool:
         futures = {pool.submit(run_cell, c, root): i for i, c in enumerate(todo)}
         for fut in as_completed(futures):
             i = futures[fut]
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--resume", type=Path, default=None,
                     help="a .jsonl of an interrupted run: its cells are kept, the rest run")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: the record and tables of the cells in --resume")
     args = ap.parse_args(argv)
     todo = [c for c in cells(args.models) if c["method"] in args.methods]
     done = {}
@@ -195,18 +197,21 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="completion_matrix_") as root:
-        ran = run_all([c for c in todo if key(c) not in done], args.jobs, root, log=sys.stderr,
+        left = [] if args.report_only else [c for c in todo if key(c) not in done]
+        random.Random(0).shuffle(left)   # an interrupted run still covers every method
+        ran = run_all(left, args.jobs, root, log=sys.stderr,
                       record=args.resume or args.out / "completion_matrix.jsonl")
     by_key = {**done, **{key(r): r for r in ran}}
     for r in by_key.values():   # records of an older version of this script
         if r["status"] == "crashed" and r.get("message", "").startswith("TrainingFailed: "):
             r.update(status="diverged", message=r["message"][len("TrainingFailed: "):])
-    results = [by_key[key(c)] for c in todo]
+    results = [by_key[key(c)] for c in todo if key(c) in by_key]
     from sparse_runner.summary import versions
     record = {"date": datetime.date.today().isoformat(), "steps": STEPS,
               "models": {m: list(MODELS[m]) for m in args.models}, "common": list(COMMON),
               "method_opts": {k: list(v) for k, v in METHOD_OPTS.items()},
               "jobs": args.jobs, "wall_s": round(time.time() - t0, 1), "versions": versions(),
+              "cells_run": len(results), "cells_total": len(todo),
               "counts": {s: sum(r["status"] == s for r in results) for s in MARK},
               "cells": results}
     path = args.out / f"completion_matrix_{record['date']}.json"
