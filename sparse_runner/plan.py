@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import random
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,7 +21,7 @@ from omegaconf import DictConfig
 from .distributed import ddp
 from .distributed import comm as dist
 from .data import Data, build_data, dataset_with_model_defaults
-from .utils.errors import UserError
+from .utils.errors import UserError, one_line
 from .flops.budget import BUDGETS, Budget, official_budget
 from .flops.tables import LayerTable, trace_layers
 from .ift import build_ift_model
@@ -194,7 +196,7 @@ def _build_model(plan: RunPlan) -> None:
     plan.builder = build
     with torch.device("meta"):
         base = build(1.0)
-        plan.baseline = plan.trace(base)
+        plan.baseline = _trace_user_model(plan, base)
     seed_everything(int(cfg.seed))
     plan.model = build_ift_model(cfg.ift, plan.s, build, shape, dtype)
     plan.table = plan.trace(plan.model)
@@ -209,6 +211,22 @@ def _build_model(plan: RunPlan) -> None:
         chosen = set(plan.sparse)
         plan.extra_dense = sum(layer.numel for layer in plan.table if layer.name not in chosen)
     plan.model.to(plan.device)
+
+
+def _trace_user_model(plan: RunPlan, model: torch.nn.Module) -> LayerTable:
+    """The baseline's table; a model whose own forward rejects the data's input (a fixed input
+    size, a patch or window size that does not divide it) is a one-line error naming both."""
+    try:
+        return plan.trace(model)
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = ([f for f in frames if "/torch/" not in f.filename] or frames)[-1]
+        why = one_line(exc) if str(exc).strip() else f"at {Path(where.filename).name}:{where.lineno}"
+        arch = plan.cfg.model.get("arch")
+        name = f"model={plan.cfg.model.name}" + (f" model.arch={arch}" if arch else "")
+        raise UserError(f"{name} cannot take the dataset's input {list(plan.data.spec.input_shape)} "
+                        f"({type(exc).__name__}: {why}); use an input size the model accepts "
+                        "(e.g. a multiple of its patch size or total stride)") from None
 
 
 def _search_isoflop(plan: RunPlan) -> None:

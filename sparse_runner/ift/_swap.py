@@ -206,7 +206,9 @@ class LowRank(IFTModule):
     u: Layer
 
     def describe(self) -> dict[str, Any]:
-        return {"rank": self.u.weight.shape[0]}
+        # from the module's sizes, not its weight: the condensed backend replaces the weight
+        u = self.u
+        return {"rank": u.out_channels if isinstance(u, nn.Conv2d) else u.out_features}
 
 
 class LayerSwap(IFTFamily):

@@ -8,6 +8,9 @@ Reference: alecwangcq/GraSP ``pruner/GraSP.py``. On a class-balanced sample
 3. score S = -θ ⊙ Hg; the weights with the *largest* S are removed, i.e. we keep the largest
    θ ⊙ Hg (our keys are "higher = keep").
 
+For a language model (a label per token) there is no class to balance: the sample is the
+first training batch.
+
 The reference splits the sample in two halves only to save GPU memory (GraSP issue #1); here the
 sample is processed in chunks of ``chunk_size`` and both passes use the same chunks, so g and Hg
 see the same examples (GraSP issue #3). The reference re-initialises the Linear layers of a copy
@@ -21,6 +24,7 @@ from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..utils.errors import UserError
 from ..sparsity.method import SetupContext, register
@@ -66,11 +70,14 @@ class GraSP(PruneAtInit):
         temp = float(self.opts.temperature)
         stream = batch_stream(ctx)
         first = next(stream)
-        with torch.no_grad():
-            classes = int(model(first[0]).shape[1])
-        x, y = balanced_sample(itertools.chain([first], stream),
-                               int(self.opts.samples_per_class), classes,
-                               int(self.opts.max_batches))
+        if first[1].dim() == 1:   # one class per example: the class-balanced sample
+            with torch.no_grad():
+                classes = int(model(first[0]).shape[1])
+            x, y = balanced_sample(itertools.chain([first], stream),
+                                   int(self.opts.samples_per_class), classes,
+                                   int(self.opts.max_batches))
+        else:   # a label per token (language model): no class to balance; the first batch
+            x, y = first
         size = int(self.opts.chunk_size or first[0].shape[0])
         chunks = list(zip(x.split(size), y.split(size)))
         params = dict(model.named_parameters())
@@ -79,19 +86,22 @@ class GraSP(PruneAtInit):
         def loss(cx: Tensor, cy: Tensor) -> Tensor:
             return ctx.loss_fn(torch.func.functional_call(model, leaves, (cx,)) / temp, cy)
 
-        g = [torch.zeros_like(w) for w in leaves.values()]
-        for cx, cy in chunks:
-            for acc, d in zip(g, torch.autograd.grad(loss(cx, cy), list(leaves.values()))):
-                acc += d
-        hg = [torch.zeros_like(w) for w in leaves.values()]
-        for cx, cy in chunks:
-            grads = torch.autograd.grad(loss(cx, cy), list(leaves.values()), create_graph=True)
-            z = sum((gi * di).sum() for gi, di in zip(g, grads))
-            for acc, d in zip(hg, torch.autograd.grad(z, list(leaves.values()))):
-                acc += d
+        # the fused attention kernels have no double backward: attention runs as matmuls here
+        with sdpa_kernel(SDPBackend.MATH):
+            g = [torch.zeros_like(w) for w in leaves.values()]
+            for cx, cy in chunks:
+                for acc, d in zip(g, torch.autograd.grad(loss(cx, cy), list(leaves.values()))):
+                    acc += d
+            hg = [torch.zeros_like(w) for w in leaves.values()]
+            for cx, cy in chunks:
+                grads = torch.autograd.grad(loss(cx, cy), list(leaves.values()), create_graph=True)
+                z = sum((gi * di).sum() for gi, di in zip(g, grads))
+                for acc, d in zip(hg, torch.autograd.grad(z, list(leaves.values()))):
+                    acc += d
         by_name = dict(zip(leaves, hg))
         keys = [leaves[n].detach() * by_name[n] for n in ctx.sparse]
         # gradient pass: forward + backward; Hessian-gradient pass: about twice that; plus the
         # forward that read the number of classes.
         fwd = ctx.table.dense_fwd()
-        return keys, 9.0 * fwd * int(y.numel()) + fwd * int(first[1].numel())
+        read = fwd * int(first[1].numel()) if first[1].dim() == 1 else 0.0
+        return keys, 9.0 * fwd * int(y.numel()) + read

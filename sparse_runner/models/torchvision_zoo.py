@@ -104,6 +104,19 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise UserError(f"model.weights={path} does not fit the model ({what})")
 
 
+def _get_model(name: str, options: dict[str, Any], image_size: int | None) -> nn.Module:
+    """``models.get_model``, at the data's ``image_size`` for the models built for one size
+    (the vision transformers take ``image_size``; the others reject the keyword)."""
+    from torchvision import models
+
+    if image_size is not None and "image_size" not in options:
+        try:
+            return models.get_model(name, weights=None, image_size=image_size, **options)
+        except TypeError:
+            pass
+    return models.get_model(name, weights=None, **options)
+
+
 @takes("image")
 def build_torchvision(*, in_channels: int, num_classes: int, image_size: int,
                       width_mult: float = 1.0, arch: Any = None, pretrained: bool = False,
@@ -120,10 +133,12 @@ def build_torchvision(*, in_channels: int, num_classes: int, image_size: int,
         if name not in DEPTHS and name not in BOTTLENECKS:
             no_width_knob(f"torchvision {name}", width_mult)
         return torchvision_resnet(name, num_classes, in_channels, int(64 * width_mult))
+    options = {"num_classes": num_classes, **dict(kwargs or {})}
     try:
-        model = models.get_model(name, weights=None, num_classes=num_classes, **dict(kwargs or {}))
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"torchvision could not build {name}: {' '.join(str(exc).split())}") from None
+        model = _get_model(name, options, image_size if not (pretrained or weights) else None)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise UserError(f"torchvision could not build {name} for {image_size}x{image_size} "
+                        f"inputs: {' '.join(str(exc).split())}") from None
     set_in_channels(model, in_channels)
     path = checkpoint(name, bool(pretrained), weights)
     if path is not None:
