@@ -19,7 +19,7 @@ FALLBACK_SCRIPT = textwrap.dedent("""
         y.sum().backward()
         SparseLinear(16, 8, 0.9)(x)
     ours = [str(w.message) for w in caught if "sparse_run" in str(w.message)]
-    assert len(ours) == 1 and "SPARSE_RUN_NO_EXT" in ours[0] and "reference" in ours[0], ours
+    assert len(ours) == 1 and "SPARSE_RUN_NO_EXT" in ours[0] and "fallback" in ours[0], ours
     assert build.status() == {"cpu": "reference: SPARSE_RUN_NO_EXT is set"}, build.status()
     dense = torch.nn.functional.linear(x, layer.to_dense(), layer.bias)
     torch.testing.assert_close(y, dense)

@@ -208,7 +208,7 @@ class LowRank(IFTModule):
     def describe(self) -> dict[str, Any]:
         # from the module's sizes, not its weight: the condensed backend replaces the weight
         u = self.u
-        return {"rank": u.out_channels if isinstance(u, nn.Conv2d) else u.out_features}
+        return {"rank": io(u)[1]}
 
 
 class LayerSwap(IFTFamily):
