@@ -39,14 +39,6 @@ class DenseViews(Sequence[Tensor]):
     def __init__(self, manager: MaskManager) -> None:
         self._m = manager
 
-    @torch.no_grad()
-    def unscale_dense_grads(self, inv_scale: Tensor) -> None:
-        """Multiply the condensed layers' dense gradients by ``inv_scale`` (fp16 unscaling of
-        what the optimizer does not hold; a layer stored dense is the optimizer's own)."""
-        for store in self.stores:
-            if store is not None:
-                store.scale_dense_grad_(inv_scale)
-
     def __len__(self) -> int:
         return len(self._m.names)
 
