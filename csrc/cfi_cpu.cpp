@@ -82,14 +82,18 @@ template <typename T> struct PackedProblem {  // see packed_rows in cfi_kernels.
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
 namespace avx512 {
 #define CFI_AVX512 1
+#define CPU_VEC_BYTES 64
 #include "cfi_kernels.h"
+#undef CPU_VEC_BYTES
 #undef CFI_AVX512
 }  // namespace avx512
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
+#define CPU_VEC_BYTES 32
 #include "cfi_kernels.h"
+#undef CPU_VEC_BYTES
 }  // namespace avx2
 #pragma GCC pop_options
 #endif

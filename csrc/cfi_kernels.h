@@ -5,8 +5,8 @@
 // cfi_cpu.cpp includes it once per instruction set, each time inside its own namespace and
 // `#pragma GCC target` region, so one source yields AVX-512, AVX2 and baseline x86-64 code
 // and the binary picks one at run time (it must not crash on CPUs without AVX-512).
-// Vectors are GCC vector extensions of 64 bytes: a zmm register under AVX-512, two ymm
-// under AVX2, four xmm otherwise. CFI_AVX512 (set by the includer) enables AVX-512
+// Vectors are native GCC vector extensions (cpu_vec.h): one zmm register under AVX-512, a ymm
+// under AVX2, an xmm otherwise; a 64-byte chunk is one, two or four of them. CFI_AVX512 (set by the includer) enables AVX-512
 // intrinsics for tiny batches.
 //
 // Vocabulary (W = condensed values V[n_out, k] with column indices I[n_out, k]):
@@ -68,13 +68,15 @@ static bool axpy_tile(const Rows<T>& rows, const T* tile, int64_t n_src, int64_t
       if (col >= uint64_t(n_src)) { ok = false; continue; }
       const A v = to_acc(rows.vals[p]);
       const T* s = tile + int64_t(col) * W;
+      CPU_UNROLL
       for (int c = 0; c < NC; ++c) {
         V x[C::nvec];
         C::load(s + c * C::elems, x);
+        CPU_UNROLL
         for (int h = 0; h < C::nvec; ++h) acc[c * C::nvec + h] += v * x[h];
       }
     }
-    A tmp[NV * 64 / sizeof(A)];
+    A tmp[NV * sizeof(V) / sizeof(A)];
     std::memcpy(tmp, acc, sizeof(tmp));
     const A add = out.bias ? to_acc(out.bias[r]) : A(0);
     const int64_t n = nb - b0 < W ? nb - b0 : W;
@@ -185,15 +187,18 @@ static bool sddmm_tile(const int32_t* idx, int64_t k, const T* dy, const T* x, i
     const uint32_t c = uint32_t(idx[p]);
     if (c >= uint64_t(n_src)) { ok = false; return a; }
     const T* s = x + int64_t(c) * W;
+    CPU_UNROLL
     for (int cc = 0; cc < NC; ++cc) {
       V xx[C::nvec];
       C::load(s + cc * C::elems, xx);
+      CPU_UNROLL
       for (int h = 0; h < C::nvec; ++h) a += dd[cc * C::nvec + h] * xx[h];
     }
     return a;
   };
   for (int64_t o = o0; o < o1; ++o) {
     V dd[NV];
+    CPU_UNROLL
     for (int cc = 0; cc < NC; ++cc) C::load(dy + o * W + cc * C::elems, dd + cc * C::nvec);
     A* out = acc + (o - o0) * k;
     const int32_t* row = idx + o * k;

@@ -42,17 +42,23 @@ namespace cpu {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
 namespace avx512 {
-#define SCONV_STREAM 512
+#define CPU_VEC_BYTES 64
+#define SCONV_STREAM 1
+#define SCONV_SDDMM_VECS 16
 #include "sconv_kernels.h"
+#undef SCONV_SDDMM_VECS
 #undef SCONV_STREAM
+#undef CPU_VEC_BYTES
 }  // namespace avx512
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
-#define SCONV_STREAM 256
+#define CPU_VEC_BYTES 32
+#define SCONV_STREAM 1
 #include "sconv_kernels.h"
 #undef SCONV_STREAM
+#undef CPU_VEC_BYTES
 }  // namespace avx2
 #pragma GCC pop_options
 #endif
@@ -221,8 +227,10 @@ void run_axpy(const ConvTable& t, const at::Tensor& values, const ConvSrc& src,
   const int64_t scratch = n_out * base::kConvBlock * (sizeof(T) == 2 ? 2 : 1) * 64;
   const at::Tensor res =
       workspace(2, nchunk * n_out * np * e, std::is_same_v<A, double> ? at::kDouble : at::kFloat);
+  int lane[64];
   on_conv_isa([&](auto kern) {
     using K = decltype(kern);
+    for (int l = 0; l < int(e); ++l) lane[l] = K::template lane<T>(l);
     const typename K::template Axpy<T> q{
         ptr.data(), nband, t.offs.data(), vals.data(),
         reinterpret_cast<const T*>(src.units->data_ptr()), src.chunk_units, src.cols, n_out,
@@ -237,7 +245,7 @@ void run_axpy(const ConvTable& t, const at::Tensor& values, const ConvSrc& src,
       }
     });
   });
-  from_units<T>(res.data_ptr<A>(), dst, n_out, np);
+  from_units<T>(res.data_ptr<A>(), dst, n_out, np, lane);
 }
 
 at::Tensor sconv_forward(const at::Tensor& x, const at::Tensor& values, const at::Tensor& index,

@@ -21,19 +21,18 @@
 
 #include "cpu_vec.h"  // acc_t, vec_t, Chunk, to_acc / from_acc, hsum, hsum4
 
-// A 64-byte store that bypasses the caches (the includer sets SCONV_STREAM to the vector
-// width its instruction set has: 512, 256, or none for a plain store); conv_stream_fence
-// orders them before the results are read by another thread.
+// A vector store that bypasses the caches where the includer sets SCONV_STREAM (the AVX-512
+// and AVX2 builds; a plain store otherwise);
+// conv_stream_fence orders them before the results are read by another thread.
 template <typename V> static inline void conv_stream(V* p, const V& v) {
-#if defined(SCONV_STREAM) && SCONV_STREAM == 512
+#if defined(SCONV_STREAM) && CPU_VEC_BYTES == 64
   __m512i w;
   std::memcpy(&w, &v, 64);
   _mm512_stream_si512(reinterpret_cast<__m512i*>(p), w);
-#elif defined(SCONV_STREAM) && SCONV_STREAM == 256
-  __m256i w[2];
-  std::memcpy(w, &v, 64);
-  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), w[0]);
-  _mm256_stream_si256(reinterpret_cast<__m256i*>(p) + 1, w[1]);
+#elif defined(SCONV_STREAM) && CPU_VEC_BYTES == 32
+  __m256i w;
+  std::memcpy(&w, &v, 32);
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), w);
 #else
   *p = v;
 #endif
@@ -44,7 +43,15 @@ static inline void conv_stream_fence() {
 #endif
 }
 
-template <typename T> constexpr int conv_tile() { return 8 / Chunk<T>::nvec; }  // units per tile
+// Registers a tile keeps: 8 vectors of accumulators in the AXPY (of 16 on AVX2 and SSE, 32
+// on AVX-512), SCONV_SDDMM_VECS of dy in the weight gradient (16 where AVX-512 has room).
+#ifndef SCONV_SDDMM_VECS
+#define SCONV_SDDMM_VECS 8
+#endif
+template <typename T> constexpr int tile_units(int vecs) {
+  return vecs / Chunk<T>::nvec > 0 ? vecs / Chunk<T>::nvec : 1;
+}
+template <typename T> constexpr int conv_tile() { return tile_units<T>(8); }  // units per tile
 
 template <typename T> struct ConvAxpy {
   // Entries of out plane o whose source channel lies in band b are
@@ -75,20 +82,25 @@ static inline void conv_axpy_tile(const ConvAxpy<T>& q, int64_t p, int64_t e,
   using C = Chunk<T>;
   constexpr int NV = NT * C::nvec;
   V acc[NV];
+  CPU_UNROLL
   for (int k = 0; k < NV; ++k) acc[k] = fresh ? V{} : in[k];
   for (; p < e; ++p) {
     const int64_t off = int64_t(q.offs[p]) * C::elems;
     const acc_t<T> v = q.vals[p];
+    CPU_UNROLL
     for (int k = 0; k < NT; ++k) {
       V x[C::nvec];
       C::load(sp[k] + off, x);
+      CPU_UNROLL
       for (int h = 0; h < C::nvec; ++h) acc[k * C::nvec + h] += v * x[h];
     }
   }
   if (!stream) {
+    CPU_UNROLL
     for (int k = 0; k < NV; ++k) out[k] = acc[k];
     return;
   }
+  CPU_UNROLL
   for (int k = 0; k < NV; ++k)
     if (k < n * C::nvec) conv_stream(out + k, acc[k]);
 }
@@ -164,9 +176,11 @@ static inline vec_t<T> conv_dot(const vec_t<T>* dd, const S& src, int64_t off) {
   using V = vec_t<T>;
   using C = Chunk<T>;
   V a = {}, b = {};
+  CPU_UNROLL
   for (int k = 0; k < NT; ++k) {
     V x[C::nvec];
     C::load(src.template at<NT>(k) + off, x);
+    CPU_UNROLL
     for (int h = 0; h < C::nvec; ++h) {
       if ((k * C::nvec + h) & 1) b += dd[k * C::nvec + h] * x[h];
       else a += dd[k * C::nvec + h] * x[h];
@@ -185,9 +199,13 @@ static inline void conv_sddmm_tile(const ConvSddmm<T>& q, int64_t o, int64_t p, 
   using C = Chunk<T>;
   constexpr int E = C::elems, NV = NT * C::nvec;
   V dd[NV];
+  CPU_UNROLL
   for (int k = 0; k < NT; ++k) {  // fixed trip count: a variable one became a rep movs
     if (k < n) C::load(dyp + k * E, dd + k * C::nvec);
-    else for (int h = 0; h < C::nvec; ++h) dd[k * C::nvec + h] = V{};
+    else {
+      CPU_UNROLL
+      for (int h = 0; h < C::nvec; ++h) dd[k * C::nvec + h] = V{};
+    }
   }
   A* out = q.acc + o * q.k;
   for (; p + 4 <= e; p += 4) {
@@ -216,9 +234,9 @@ static void conv_sddmm_bands(const ConvSddmm<T>& q, int64_t o0, int64_t o1, int6
   }
 }
 
-// Units per weight-gradient tile: twice the AXPY's (16 dy vectors in registers), which halves
-// the horizontal sums and result updates per FMA.
-template <typename T> constexpr int kSddmmTile = 2 * conv_tile<T>();
+// Units per weight-gradient tile: on AVX-512 twice the AXPY's (16 dy vectors in registers),
+// which halves the horizontal sums and result updates per FMA.
+template <typename T> constexpr int kSddmmTile = tile_units<T>(SCONV_SDDMM_VECS);
 
 // Weight gradient of out planes [o0, o1): every chunk and tile, bands of source channels in
 // turn, each (out plane, band) list against the plane's dy tile.
@@ -251,6 +269,7 @@ struct ConvKernels {
   template <typename T> using Axpy = ConvAxpy<T>;
   template <typename T> using Sddmm = ConvSddmm<T>;
   template <typename T> using Vec = vec_t<T>;
+  template <typename T> static int lane(int e) { return Chunk<T>::lane(e); }
   template <typename T>
   static void axpy(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1, void* acc) {
     conv_axpy_block(q, chunk, p0, p1, static_cast<vec_t<T>*>(acc));

@@ -190,18 +190,17 @@ struct ConvOut {
   std::vector<int64_t> pos_off;
 };
 
-// Scatter the kernel's result units [chunk][n_out][np] (accumulators, lane order of
-// Chunk<T>) to the NCHW tensor of dst, one (chunk, out plane) per task: each task writes
-// one plane of E samples front to back.
+// Scatter the kernel's result units [chunk][n_out][np] (accumulators; sample l of a unit at
+// lane[l], the order of the instruction set's Chunk<T>) to the NCHW tensor of dst, one
+// (chunk, out plane) per task: each task writes one plane of E samples front to back.
 template <typename T>
-void from_units(const conv_acc_t<T>* res, const ConvOut& dst, int64_t n_out, int64_t np) {
+void from_units(const conv_acc_t<T>* res, const ConvOut& dst, int64_t n_out, int64_t np,
+                const int* lane) {
   using C = base::Chunk<T>;
   at::Tensor& out = *dst.out;
   T* y = reinterpret_cast<T*>(out.data_ptr());
   const int64_t nb = out.size(0), e = C::elems, nchunk = ceil_div(nb, e);
   const int64_t ss = out.stride(0), cs = out.stride(1);
-  int lane[64];
-  for (int l = 0; l < e; ++l) lane[l] = C::lane(l);
   const bool fast = fast_copies(int64_t(sizeof(T)));
   (void)fast;
   at::parallel_for(0, nchunk * n_out, 1, [&](int64_t t0, int64_t t1) {
