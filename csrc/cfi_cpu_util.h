@@ -56,6 +56,28 @@ __attribute__((target("avx512f"))) inline void tiled_transpose16(
     }
   }
 }
+
+// The same with 8 x 8 AVX2 transposes (masked loads for the last columns).
+__attribute__((target("avx2"))) inline void tiled_transpose8(
+    const float* src, int64_t lds, int64_t b, int64_t n, int64_t ld, int64_t tw, float* dst,
+    int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; c += 8) {
+    const int64_t nc = std::min<int64_t>(8, n - c);
+    const __m256i cols = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(nc)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int64_t b0 = 0; b0 < ld; b0 += tw) {
+      const int64_t w = std::min(tw, ld - b0);
+      float* tile = dst + b0 * n;
+      for (int64_t r = b0; r < b0 + w; r += 8) {
+        __m256 v[8];
+        for (int i = 0; i < 8; ++i)
+          v[i] = r + i < b ? _mm256_maskload_ps(src + (r + i) * lds + c, cols) : _mm256_setzero_ps();
+        transpose8(v);
+        for (int j = 0; j < nc; ++j) _mm256_storeu_ps(tile + (c + j) * w + (r - b0), v[j]);
+      }
+    }
+  }
+}
 #endif
 
 // x [B, n] -> transposed, batch zero padded to ld and cut in tiles of 256 bytes; tile t is a
@@ -69,11 +91,14 @@ at::Tensor tiled_transpose(const at::Tensor& x_in) {
   at::Tensor t = at::empty({n * ld}, x.options());
   constexpr int64_t kBlock = 32;
 #ifdef CFI_MULTI_ISA
-  if (x.element_size() == 4 && active_isa().load() == Isa::avx512) {
+  const Isa isa = active_isa().load();
+  if (x.element_size() == 4 && isa != Isa::base) {
     const float* src = static_cast<const float*>(x.data_ptr());
     float* dst = static_cast<float*>(t.data_ptr());
     at::parallel_for(0, (n + kBlock - 1) / kBlock, 4, [&](int64_t c0, int64_t c1) {
-      tiled_transpose16(src, lds, b, n, ld, tw, dst, c0 * kBlock, std::min(n, c1 * kBlock));
+      const int64_t lo = c0 * kBlock, hi = std::min(n, c1 * kBlock);
+      if (isa == Isa::avx512) tiled_transpose16(src, lds, b, n, ld, tw, dst, lo, hi);
+      else tiled_transpose8(src, lds, b, n, ld, tw, dst, lo, hi);
     });
     return t;
   }

@@ -45,44 +45,67 @@ constexpr int kTile = 4;      // chunks per batch tile
 
 template <typename T> constexpr int64_t tile_elems() { return kTile * Chunk<T>::elems; }
 
-// out[b0 + u, r] = sum_p val(p) * tile[col(p), u] (+ bias[r]) for one batch tile of NC chunks
-// (tile: [n_src, NC * elems]), rows [r0, r1). Returns false when an index is outside [0, n_src).
+// sum_p val(p) * tile[col(p), :] of row r over one batch tile of NC chunks (tile: [n_src,
+// NC * elems]), into res (accumulators in Chunk lane order). False on an index outside
+// [0, n_src).
 template <int NC, typename T>
-static bool axpy_tile(const Rows<T>& rows, const T* tile, int64_t n_src, int64_t b0, int64_t nb,
-                      const Out<T>& out, int64_t r0, int64_t r1) {
-  using A = acc_t<T>;
+static inline bool axpy_row(const Rows<T>& rows, const T* tile, int64_t n_src, int64_t r,
+                            acc_t<T>* res) {
   using V = vec_t<T>;
   using C = Chunk<T>;
   constexpr int NV = NC * C::nvec;
   constexpr int64_t W = NC * C::elems;
   bool ok = true;
-  for (int64_t r = r0; r < r1; ++r) {
-    V acc[NV] = {};
-    const int64_t e = rows.end(r);
-    for (int64_t p = rows.begin(r); p < e; ++p) {
-      if (p + kPrefetch < e) {
-        const T* f = tile + int64_t(uint32_t(rows.cols[p + kPrefetch])) * W;
-        for (int c = 0; c < NC; ++c) __builtin_prefetch(f + c * C::elems);
-      }
-      const uint32_t col = uint32_t(rows.cols[p]);
-      if (col >= uint64_t(n_src)) { ok = false; continue; }
-      const A v = to_acc(rows.vals[p]);
-      const T* s = tile + int64_t(col) * W;
-      CPU_UNROLL
-      for (int c = 0; c < NC; ++c) {
-        V x[C::nvec];
-        C::load(s + c * C::elems, x);
-        CPU_UNROLL
-        for (int h = 0; h < C::nvec; ++h) acc[c * C::nvec + h] += v * x[h];
-      }
+  V acc[NV] = {};
+  const int64_t e = rows.end(r);
+  for (int64_t p = rows.begin(r); p < e; ++p) {
+    if (p + kPrefetch < e) {
+      const T* f = tile + int64_t(uint32_t(rows.cols[p + kPrefetch])) * W;
+      for (int c = 0; c < NC; ++c) __builtin_prefetch(f + c * C::elems);
     }
-    A tmp[NV * sizeof(V) / sizeof(A)];
-    std::memcpy(tmp, acc, sizeof(tmp));
-    const A add = out.bias ? to_acc(out.bias[r]) : A(0);
-    const int64_t n = nb - b0 < W ? nb - b0 : W;
+    const uint32_t col = uint32_t(rows.cols[p]);
+    if (col >= uint64_t(n_src)) { ok = false; continue; }
+    const acc_t<T> v = to_acc(rows.vals[p]);
+    const T* s = tile + int64_t(col) * W;
+    CPU_UNROLL
+    for (int c = 0; c < NC; ++c) {
+      V x[C::nvec];
+      C::load(s + c * C::elems, x);
+      CPU_UNROLL
+      for (int h = 0; h < C::nvec; ++h) acc[c * C::nvec + h] += v * x[h];
+    }
+  }
+  std::memcpy(res, acc, sizeof(acc));
+  return ok;
+}
+
+constexpr int kRowGroup = 16;  // rows whose results are stored together (one line per sample)
+
+// out[b0 + u, r] = sum_p val(p) * tile[col(p), u] (+ bias[r]) for one batch tile, rows
+// [r0, r1). Rows go in groups of kRowGroup and each sample's results are stored as one run:
+// one row at a time would write a column of the output, and with a power-of-two row length
+// (4 KB for 1024 fp32) every write of the column falls into the same L1 set.
+template <int NC, typename T>
+static bool axpy_tile(const Rows<T>& rows, const T* tile, int64_t n_src, int64_t b0, int64_t nb,
+                      const Out<T>& out, int64_t r0, int64_t r1) {
+  using A = acc_t<T>;
+  using C = Chunk<T>;
+  constexpr int64_t W = NC * C::elems;
+  bool ok = true;
+  const int64_t n = nb - b0 < W ? nb - b0 : W;
+  int lane[W];
+  for (int64_t u = 0; u < W; ++u) lane[u] = int((u / C::elems) * C::elems + C::lane(int(u % C::elems)));
+  A tmp[kRowGroup][W];
+  for (int64_t g = r0; g < r1; g += kRowGroup) {
+    const int64_t rn = r1 - g < kRowGroup ? r1 - g : kRowGroup;
+    A add[kRowGroup];
+    for (int64_t j = 0; j < rn; ++j) {
+      ok &= axpy_row<NC>(rows, tile, n_src, g + j, tmp[j]);
+      add[j] = out.bias ? to_acc(out.bias[g + j]) : A(0);
+    }
     for (int64_t u = 0; u < n; ++u) {
-      const int64_t c = u / C::elems, lane = C::lane(int(u % C::elems));
-      out.data[(b0 + u) * out.ld + r] = from_acc<T>(tmp[c * C::elems + lane] + add);
+      T* dst = out.data + (b0 + u) * out.ld + g;
+      for (int64_t j = 0; j < rn; ++j) dst[j] = from_acc<T>(tmp[j][lane[u]] + add[j]);
     }
   }
   return ok;
