@@ -116,15 +116,71 @@ __attribute__((target("avx512f"))) void units_to_plane16(const float* u, int64_t
         if (po[p0 + k] >= 0) base[l * ss + po[p0 + k]] = t[l][k];
   }
 }
+
+// AVX2 versions of the two copies: a unit's 16 lanes are two 8 x 8 transposes (lanes 0-7
+// and 8-15), each position block is 8 wide; masks are integer vectors.
+__attribute__((target("avx2"))) inline __m256i first_n8(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+__attribute__((target("avx2"))) void row_to_units8(const float* const* lanes, int64_t n,
+                                                   int64_t off, int64_t w, const int64_t* ct,
+                                                   float* dst_row) {
+  for (int64_t v0 = 0; v0 < w; v0 += 8) {
+    const int64_t nc = std::min<int64_t>(8, w - v0);
+    const __m256i m = first_n8(nc);
+    for (int half = 0; half < 2; ++half) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) {
+        const int l = half * 8 + i;
+        r[i] = l < n ? _mm256_maskload_ps(lanes[l] + off + v0, m) : _mm256_setzero_ps();
+      }
+      transpose8(r);
+      for (int j = 0; j < nc; ++j)
+        if (ct[v0 + j] >= 0) _mm256_storeu_ps(dst_row + ct[v0 + j] * 16 + half * 8, r[j]);
+    }
+  }
+}
+
+__attribute__((target("avx2"))) void units_to_plane8(const float* u, int64_t np,
+                                                     const int64_t* po, int64_t n, float* base,
+                                                     int64_t ss) {
+  for (int64_t p0 = 0; p0 < np; p0 += 8) {
+    const int64_t cnt = std::min<int64_t>(8, np - p0);
+    bool consecutive = po[p0] >= 0;
+    for (int64_t k = 1; k < cnt && consecutive; ++k) consecutive = po[p0 + k] == po[p0] + k;
+    for (int half = 0; half < 2 && half * 8 < n; ++half) {
+      __m256 r[8];
+      for (int k = 0; k < 8; ++k)
+        r[k] = k < cnt ? _mm256_loadu_ps(u + (p0 + k) * 16 + half * 8) : _mm256_setzero_ps();
+      transpose8(r);  // r[i]: lane half * 8 + i at positions p0 .. p0 + 7
+      const int64_t nl = std::min<int64_t>(8, n - half * 8);
+      if (consecutive) {
+        const __m256i m = first_n8(cnt);
+        for (int64_t i = 0; i < nl; ++i)
+          _mm256_maskstore_ps(base + (half * 8 + i) * ss + po[p0], m, r[i]);
+        continue;
+      }
+      alignas(32) float t[8][8];
+      for (int i = 0; i < 8; ++i) _mm256_store_ps(t[i], r[i]);
+      for (int64_t i = 0; i < nl; ++i)
+        for (int64_t k = 0; k < cnt; ++k)
+          if (po[p0 + k] >= 0) base[(half * 8 + i) * ss + po[p0 + k]] = t[i][k];
+    }
+  }
+}
 #endif
 
-// The register-transpose copies above apply: fp32 while AVX-512 is the active ISA.
-bool fast_copies(int64_t element_size) {
+// Which register-transpose copies above apply: fp32 under AVX-512 (16 x 16) or AVX2 (8 x 8).
+enum class Copies { scalar, avx2, avx512 };
+Copies fast_copies(int64_t element_size) {
 #ifdef SCONV_MULTI_ISA
-  return element_size == 4 && active_isa().load(std::memory_order_relaxed) == Isa::avx512;
+  if (element_size != 4) return Copies::scalar;
+  const Isa isa = active_isa().load(std::memory_order_relaxed);
+  return isa == Isa::avx512 ? Copies::avx512 : isa == Isa::avx2 ? Copies::avx2 : Copies::scalar;
 #else
   (void)element_size;
-  return false;
+  return Copies::scalar;
 #endif
 }
 
@@ -134,7 +190,7 @@ at::Tensor to_units(const at::Tensor& x_in, const UnitGrid& q, int slot) {
   const int64_t e = 64 / x.element_size(), group = q.nph * q.rows * q.cols + q.pad;
   at::Tensor out = workspace(slot, ceil_div(b, e) * planes * group * e, x.scalar_type());
   const std::vector<int64_t> cols = column_table(q, w);
-  const bool fast = fast_copies(x.element_size());
+  const Copies fast = fast_copies(x.element_size());
   (void)fast;
   by_size(x.element_size(), [&](auto tag) {
     using U = decltype(tag);
@@ -147,9 +203,11 @@ at::Tensor to_units(const at::Tensor& x_in, const UnitGrid& q, int slot) {
         if (r >= q.rows) continue;
         const int64_t* ct = cols.data() + (u % q.sh) * w;
 #ifdef SCONV_MULTI_ISA
-        if (fast) {
-          row_to_units16(reinterpret_cast<const float* const*>(lanes), n, u * w, w, ct,
-                         reinterpret_cast<float*>(dst + (base + r * q.cols) * e));
+        if (fast != Copies::scalar) {
+          const float* const* fl = reinterpret_cast<const float* const*>(lanes);
+          float* row = reinterpret_cast<float*>(dst + (base + r * q.cols) * e);
+          if (fast == Copies::avx512) row_to_units16(fl, n, u * w, w, ct, row);
+          else row_to_units8(fl, n, u * w, w, ct, row);
           continue;
         }
 #endif
@@ -201,7 +259,7 @@ void from_units(const conv_acc_t<T>* res, const ConvOut& dst, int64_t n_out, int
   T* y = reinterpret_cast<T*>(out.data_ptr());
   const int64_t nb = out.size(0), e = C::elems, nchunk = ceil_div(nb, e);
   const int64_t ss = out.stride(0), cs = out.stride(1);
-  const bool fast = fast_copies(int64_t(sizeof(T)));
+  const Copies fast = fast_copies(int64_t(sizeof(T)));
   (void)fast;
   at::parallel_for(0, nchunk * n_out, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -211,8 +269,9 @@ void from_units(const conv_acc_t<T>* res, const ConvOut& dst, int64_t n_out, int
       T* base = y + ch * e * ss + (o / dst.nph) * cs;
 #ifdef SCONV_MULTI_ISA
       if constexpr (std::is_same_v<T, float>) {
-        if (fast) {
-          units_to_plane16(u, np, po, n, base, ss);
+        if (fast != Copies::scalar) {
+          if (fast == Copies::avx512) units_to_plane16(u, np, po, n, base, ss);
+          else units_to_plane8(u, np, po, n, base, ss);
           continue;
         }
       }
