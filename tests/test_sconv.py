@@ -149,3 +149,26 @@ def test_one_channel_bands():
            "-k", "test_ops_match_dense_conv and (float64 or float32) and not b0_"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_inference_batches_go_in_slices_with_the_same_result(monkeypatch):
+    """Without autograd, batches above INFERENCE_SLICE run in slices into one output (bounded
+    copies): the result must equal one call, bias included, for a batch that is not a
+    multiple of the slice."""
+    from sparse_runner.kernels import sconv_ops
+    w_dense, values, idx, x = problem(23, 5, 7, 6, 6, (3, 3))
+    bias = torch.randn(7, dtype=torch.float64)
+    want = torch.nn.functional.conv2d(x, w_dense, bias, stride=2, padding=1)
+    calls = []
+    real = sconv_ops.ops.sconv_forward
+    monkeypatch.setattr(sconv_ops, "INFERENCE_SLICE", 8)
+    monkeypatch.setattr(sconv_ops, "ops", type("O", (), {"sconv_forward": staticmethod(
+        lambda xx, *a: calls.append(xx.shape[0]) or real(xx, *a))}))
+    with torch.no_grad():
+        got = sconv_ops.sconv2d(x, values, idx, bias, (3, 3), (2, 2), (1, 1))
+    assert calls == [8, 8, 7]
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    calls.clear()
+    got = sconv_ops.sconv2d(x, values.requires_grad_(), idx, bias, (3, 3), (2, 2), (1, 1))
+    assert calls == [23]      # with autograd: one call (the backward needs the whole batch)
+    torch.testing.assert_close(got.detach(), want, atol=1e-10, rtol=1e-10)

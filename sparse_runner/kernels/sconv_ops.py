@@ -176,11 +176,33 @@ def ell_from_mask(mask: torch.Tensor, width: int | None = None) -> torch.Tensor:
     return torch.where(slots < counts.unsqueeze(1), order, -1).to(torch.int32).contiguous()
 
 
+INFERENCE_SLICE = 64  # samples per kernel call when no gradient is recorded (CPU)
+
+
 def sconv2d(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
             bias: torch.Tensor | None, kernel: Sequence[int], stride: Sequence[int] = (1, 1),
             padding: Sequence[int] = (0, 0)) -> torch.Tensor:
-    """``conv2d(x, W) + bias`` for the ELL weight (values, index); loads the kernels once."""
+    """``conv2d(x, W) + bias`` for the ELL weight (values, index); loads the kernels once.
+
+    Without autograd on the CPU, batches above INFERENCE_SLICE go through the kernels in
+    slices written into one output: each call copies its input into the kernels' layout and
+    keeps a per-thread buffer of the largest copy, so an evaluation batch of 512 would
+    otherwise hold ~1 GB of copies per wide layer on top of the activations (measured:
+    a condensed run's evaluation peaked above the masked run's).
+    """
     if not torch.compiler.is_compiling():
         build.ensure(x.device.type)
-    y = ops.sconv_forward(x, values, index, list(kernel), list(stride), list(padding))
+    geo = (list(kernel), list(stride), list(padding))
+    n = x.shape[0]
+    if (torch.is_grad_enabled() or x.device.type != "cpu" or n <= INFERENCE_SLICE
+            or torch.compiler.is_compiling()):
+        y = ops.sconv_forward(x, values, index, *geo)
+    else:
+        first = ops.sconv_forward(x[:INFERENCE_SLICE], values, index, *geo)
+        y = first.new_empty(n, *first.shape[1:])
+        y[:INFERENCE_SLICE] = first
+        del first
+        for i in range(INFERENCE_SLICE, n, INFERENCE_SLICE):
+            y[i:i + INFERENCE_SLICE] = ops.sconv_forward(x[i:i + INFERENCE_SLICE], values, index,
+                                                         *geo)
     return y if bias is None else y + bias.view(1, -1, 1, 1)
