@@ -170,8 +170,10 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
 def _dw_kernel(err, idx, dy, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos, chunk,
                kw, taps, sh, sw, ph, pw, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
                dy_numel, x_numel, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr,
-               ACC: tl.constexpr, CHECK: tl.constexpr):
+               ACC: tl.constexpr, CHECK: tl.constexpr, VEC: tl.constexpr = 1):
     pid = tl.program_id(0).to(tl.int64)
+    if VEC > 1:  # dy in aligned runs (position_vec): these come divided by VEC
+        n_pos, chunk, sgc = n_pos * VEC, chunk * VEC, sgc * VEC
     n_et = tl.cdiv(nnz, BLOCK_E)
     split = pid // n_et
     e = (pid % n_et) * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
@@ -190,14 +192,19 @@ def _dw_kernel(err, idx, dy, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos, chunk,
         wi = j[:, None] + (wo * sw - pw)[None, :]
         m = (live[:, None] & (q < q_hi)[None, :] & (hi >= 0) & (hi < H) & (wi >= 0)
              & (wi < W))
-        od = (o * sgc)[:, None] + (n * sgn + (ho * sgh + wo * sgw).to(tl.int64))[None, :]
+        md = live[:, None] & (q < q_hi)[None, :]  # dy exists wherever the position does
+        pd = n * sgn + (ho * sgh + wo * sgw).to(tl.int64)
+        if VEC > 1:  # true where position_vec allows VEC: see there (hints inline: a jit
+            pd = tl.max_contiguous(tl.multiple_of(pd, [VEC]), [VEC])  # callee drops them)
+        od = (o * sgc)[:, None] + pd[None, :]
         ox = (c.to(tl.int64) * sxc)[:, None] + (n * sxn)[None, :] + (
             hi * sxh + wi * sxw).to(tl.int64)
         if CHECK:
-            tk._flag(err, m & ((od < 0) | (od >= dy_numel)), 13)
+            tk._flag(err, md & ((od < 0) | (od >= dy_numel)), 13)
             tk._flag(err, m & ((ox < 0) | (ox >= x_numel)), 11)
-            m = m & (od >= 0) & (od < dy_numel) & (ox >= 0) & (ox < x_numel)
-        d = tl.load(dy + od, mask=m, other=0.0).to(ACC)
+            md = md & (od >= 0) & (od < dy_numel)
+            m = m & (ox >= 0) & (ox < x_numel)
+        d = tl.load(dy + od, mask=md, other=0.0).to(ACC)
         xv = tl.load(x + ox, mask=m, other=0.0).to(ACC)
         acc += tl.sum(d * xv, axis=1)
     tl.store(part + split * nnz + e, acc, mask=e_ok)
@@ -248,6 +255,20 @@ def forward(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor, kernel: 
         num_warps=NUM_WARPS)
     tk._raise_if_flagged(err, ERRORS)
     return out
+
+
+def position_vec(t: torch.Tensor, block_p: int) -> int:
+    """Elements per 16-byte load along the output positions of ``t`` [N, O, Ho, Wo], or 1.
+
+    VEC > 1 where the column stride is 1 and Wo, the row, channel and sample strides and the
+    position tile are multiples of VEC. Then every aligned group of VEC positions of a tile
+    (tiles and the weight gradient's chunks start at multiples of the tile) lies in one row,
+    at VEC consecutive columns from a multiple of VEC, VEC-aligned elements from the data
+    pointer: the hints ``_dw_kernel`` gives Triton hold. (The tap-shifted x is not aligned.)
+    """
+    vec = 16 // t.element_size()
+    ok = t.stride(3) == 1 and all(v % vec == 0 for v in (t.shape[3], *t.stride()[:3]))
+    return vec if ok and block_p % vec == 0 else 1
 
 
 def transpose_index(index: torch.Tensor, in_channels: int, kernel: Geom, stride: Geom,
@@ -320,13 +341,14 @@ def backward_weight(grad: torch.Tensor, x: torch.Tensor, index: torch.Tensor, ke
     part = torch.empty(split.splits, nnz, dtype=acc, device=x.device)
     err = tk._error_flag(x.device, check)
     idx = index.contiguous()
+    vec = position_vec(grad, blocks.batch)
     tk._launch(_dw_kernel)[split.grid](
-        err if check else idx, idx, grad, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos,
-        split.chunk, **_geom(kernel, stride, padding), sgn=grad.stride(0),
-        sgc=grad.stride(1), sgh=grad.stride(2), sgw=grad.stride(3), sxn=x.stride(0),
+        err if check else idx, idx, grad, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos // vec,
+        split.chunk // vec, **_geom(kernel, stride, padding), sgn=grad.stride(0),
+        sgc=grad.stride(1) // vec, sgh=grad.stride(2), sgw=grad.stride(3), sxn=x.stride(0),
         sxc=x.stride(1), sxh=x.stride(2), sxw=x.stride(3), dy_numel=tk._extent(grad),
         x_numel=tk._extent(x), BLOCK_E=blocks.entries, BLOCK_P=blocks.batch,
-        ACC=tk._acc(x.dtype), CHECK=check,
+        ACC=tk._acc(x.dtype), CHECK=check, VEC=vec,
         num_warps=NUM_WARPS)
     tk._raise_if_flagged(err, ERRORS)
     return part.sum(0).view(n_out, kk).to(x.dtype)
