@@ -239,3 +239,56 @@ def test_the_transpose_is_cached_per_index_tensor_and_version():
     assert rebuilt is not first and all(torch.equal(a, b) for a, b in zip(rebuilt, want))
     copy = idx.clone()
     assert gpu_sconv.transpose_for(copy, 5, *geom) is not rebuilt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_cases_cover_the_vector_and_the_strided_dw_paths(dtype):
+    """CASES run the weight gradient's 16-byte path (Wo a multiple of 16 bytes) and the
+    fallback; a column stride != 1 or an unaligned row stride takes the fallback."""
+    vec = 16 // dtype.itemsize
+    paths = {ts.position_vec(torch.empty(c[0], c[2], *ts.out_size(*c[3:5], *c[5:]), dtype=dtype),
+                             SMALL.batch) for c in CASES}
+    assert paths == {1, vec}
+    g = torch.empty(2, 3, 4, 2 * vec, dtype=dtype)
+    assert ts.position_vec(g, SMALL.batch) == vec
+    assert ts.position_vec(g[..., ::2], SMALL.batch) == 1            # column stride 2
+    assert ts.position_vec(torch.empty(2, 3, 4, vec + 1, dtype=dtype)[..., :vec], 16) == 1
+    assert ts.position_vec(g, vec // 2) == 1                         # tile not a multiple
+
+
+def _dw_position_offsets(g, blocks, vec, target_programs):
+    """The dy offsets of the positions ``_dw_kernel`` tiles visit, computed as it does."""
+    from sparse_runner.kernels.gpu_grid import sddmm_split
+
+    nb, _, ho, wo = g.shape
+    n_pos = nb * ho * wo
+    split = sddmm_split(8, n_pos, blocks, target_programs)
+    starts = [q0 for lo in range(0, n_pos, split.chunk)
+              for q0 in range(lo, min(lo + split.chunk, n_pos), blocks.batch)]
+    q = (torch.tensor(starts)[:, None] + torch.arange(blocks.batch)).reshape(-1)
+    n, rem = q // (ho * wo), q % (ho * wo)
+    return n * g.stride(0) + rem // wo * g.stride(2) + rem % wo * g.stride(3)
+
+
+@pytest.mark.parametrize("wo", [8, 6], ids=["wo8", "wo6"])
+def test_the_dw_contiguity_hint_holds_exactly_where_it_is_given(wo):
+    """``_dw_kernel`` tells Triton the dy offsets come in runs of VEC consecutive elements
+    from multiples of VEC; the interpreter ignores hints, so the claim is checked here on
+    the offsets themselves: true for every tile when position_vec gives VEC, false for an
+    output width it refuses (a run crosses a row)."""
+    g = torch.empty(3, 2, 5, wo)
+    runs = _dw_position_offsets(g, SMALL, 4, target_programs=3).view(-1, 4)
+    holds = bool(((runs[:, 1:] - runs[:, :-1]) == 1).all() and (runs[:, 0] % 4 == 0).all())
+    assert holds == (ts.position_vec(g, SMALL.batch) == 4) == (wo == 8)
+
+
+def test_vector_path_dw_reads_only_its_dy_view():
+    """The 16-byte path (aligned row stride, NaN between the rows' runs) against float64."""
+    case = (2, 3, 5, 6, 6, (3, 3), (1, 1), (2, 2))  # Wo = 8
+    idx, v, x, gy = problem(case, torch.float32, seed=6)
+    buf = torch.full((2, 5, 8, 16), float("nan"))
+    gs = buf[..., 4:12]
+    gs.copy_(gy)
+    assert ts.position_vec(gs, SMALL.batch) == 4
+    dv = ts.backward_weight(gs, x, idx, *case[5:], SMALL, target_programs=3, check=True)
+    assert_close(dv, oracles(case, idx, v, x, gy)[2], torch.float32, 2 * 64, "dW")
