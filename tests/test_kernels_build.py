@@ -68,7 +68,7 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills():
                                                           "CUDA_VISIBLE_DEVICES": ""}, 900)
     assert r.returncode == 0, r.stdout + r.stderr[-6000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("cuda: sm_")]
-    assert len(lines) == 2 * 4 * 6, r.stdout  # archs x dtypes x kernels (3 Linear, 3 conv)
+    assert len(lines) == 2 * 4 * 10, r.stdout  # archs x dtypes x (3 Linear, 3 conv, 4 _vec)
     script = ("import torch\n"
               "from sparse_runner.kernels import triton_aot as a\n"
               "for dt in (torch.float32, torch.bfloat16):\n"
@@ -78,4 +78,47 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_spills():
     r = _run(["-c", script], {"TRITON_INTERPRET": "0"}, 600)
     assert r.returncode == 0, r.stderr[-4000:]
     rows = [ln.split() for ln in r.stdout.splitlines()]
-    assert len(rows) == 12 and all(int(row[-1]) == 0 for row in rows), r.stdout
+    assert len(rows) == 20 and all(int(row[-1]) == 0 for row in rows), r.stdout
+
+
+VEC_SCRIPT = textwrap.dedent("""
+    import json, torch
+    from sparse_runner.kernels import triton_aot as a, triton_cfi as tk, triton_sconv as ts
+    gathers = {"forward": (tk._spmm_kernel, ["xg = tl.load(src + off"]),
+               "backward_input": (tk._spmm_kernel, ["xg = tl.load(src + off"]),
+               "backward_weight": (tk._sddmm_kernel, ["d = tl.load(dy + od",
+                                                      "xv = tl.load(x + ox"]),
+               "sconv_backward_weight": (ts._dw_kernel, ["d = tl.load(dy + od"])}
+    out = {}
+    for dt in (torch.float32, torch.bfloat16):
+        for name, fn, sig, const in a._variants(dt):
+            base = name.removesuffix("_vec")
+            if base not in gathers:
+                continue
+            ptx = a.compile_kernel(fn, sig, const, 90)["ptx"]
+            loads = a.global_loads(ptx)
+            lines = [a.source_line(gathers[base][0], t) for t in gathers[base][1]]
+            out[f"{name} {a.DTYPES[dt]}"] = {
+                "gathers": [{w: n for (ln, w), n in loads.items() if ln == line}
+                            for line in lines],
+                "spill_bytes": a.ptxas_usage(ptx, 90)["spill_bytes"]}
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.gpu_code
+def test_vectorised_gathers_are_128_bit_loads_in_the_sm90_ptx():
+    """The 16-byte paths (batch-contiguous cfi operands, the sconv weight gradient's dy) load
+    every element of their gathers with ld.global.v4 (4 fp32 or 8 bf16) on sm_90, without
+    spills; the VEC=1 paths of the same kernels load the same operands one element at a time."""
+    r = _run(["-c", VEC_SCRIPT], {"TRITON_INTERPRET": "0"}, 600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    got = __import__("json").loads(r.stdout.strip().splitlines()[-1])
+    assert len(got) == 2 * 8, got
+    for name, info in got.items():
+        assert info["spill_bytes"] == 0, (name, info)
+        for widths in info["gathers"]:
+            if name.split()[0].endswith("_vec"):
+                assert set(widths) == {"v4.b32"} and widths["v4.b32"] >= 1, (name, info)
+            else:
+                assert "v4.b32" not in widths and sum(widths.values()) >= 4, (name, info)
