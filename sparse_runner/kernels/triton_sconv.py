@@ -63,8 +63,11 @@ def _decode_tap(col, taps, kw):
 def _fwd_kernel(err, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
                 kw, taps, sh, sw, ph, pw, sxn, sxc, sxh, sxw, son, soc, soh, sow,
                 x_numel, out_numel, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-                BLOCK_K: tl.constexpr, ACC: tl.constexpr, CHECK: tl.constexpr):
+                BLOCK_K: tl.constexpr, ACC: tl.constexpr, CHECK: tl.constexpr,
+                VEC: tl.constexpr = 1):
     pid = tl.program_id(0).to(tl.int64)
+    if VEC > 1:  # 1x1, stride 1, unpadded, x in aligned runs (pointwise_vec): divided by VEC
+        n_pos, sxc = n_pos * VEC, sxc * VEC
     n_rt = tl.cdiv(n_out, BLOCK_R)
     r = (pid % n_rt) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     q = (pid // n_rt) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
@@ -73,7 +76,10 @@ def _fwd_kernel(err, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
     n, ho, wo = _decode_pos(q, Ho * Wo, Wo)
     h0 = ho * sh - ph
     w0 = wo * sw - pw
-    base = (n * sxn + (h0 * sxh + w0 * sxw).to(tl.int64))[None, None, :]
+    base = n * sxn + (h0 * sxh + w0 * sxw).to(tl.int64)
+    if VEC > 1:  # true where pointwise_vec allows VEC (hints inline: a jit callee drops them)
+        base = tl.max_contiguous(tl.multiple_of(base, [VEC]), [VEC])
+    base = base[None, None, :]
     h0 = h0[None, None, :]
     w0 = w0[None, None, :]
     acc = tl.zeros([BLOCK_R, BLOCK_P], dtype=ACC)
@@ -85,11 +91,15 @@ def _fwd_kernel(err, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
         live = live & (col >= 0) & (col < C * taps)                 # padded slots skipped
         c, i, j = _decode_tap(tl.where(live, col, 0), taps, kw)
         v = tl.load(vals + e, mask=live, other=0.0).to(ACC)
-        tap = (c.to(tl.int64) * sxc + (i * sxh + j * sxw).to(tl.int64))[:, :, None]
-        hi = h0 + i[:, :, None]                                      # [R, K, P]: positions
-        wi = w0 + j[:, :, None]                                      # last (coalesced)
-        m = (live[:, :, None] & q_ok[None, None, :] & (hi >= 0) & (hi < H)
-             & (wi >= 0) & (wi < W))
+        if VEC > 1:  # the one tap (0, 0) of a 1x1 unpadded kernel: always inside x
+            tap = (c.to(tl.int64) * sxc)[:, :, None]
+            m = live[:, :, None] & q_ok[None, None, :]
+        else:
+            tap = (c.to(tl.int64) * sxc + (i * sxh + j * sxw).to(tl.int64))[:, :, None]
+            hi = h0 + i[:, :, None]                                  # [R, K, P]: positions
+            wi = w0 + j[:, :, None]                                  # last (coalesced)
+            m = (live[:, :, None] & q_ok[None, None, :] & (hi >= 0) & (hi < H)
+                 & (wi >= 0) & (wi < W))
         off = base + tap
         if CHECK:
             tk._flag(err, m & ((off < 0) | (off >= x_numel)), 11)
@@ -109,8 +119,10 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
                Hq, Wq, n_pos, kw, taps, sh, sw, ph, pw, sgn, sgc, sgh, sgw,
                sxn, sxc, sxh, sxw, dy_numel, dx_numel, BLOCK_R: tl.constexpr,
                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-               CHECK: tl.constexpr):
+               CHECK: tl.constexpr, VEC: tl.constexpr = 1):
     pid = tl.program_id(0).to(tl.int64)
+    if VEC > 1:  # 1x1, stride 1, unpadded, dy in aligned runs (pointwise_vec): divided by VEC
+        n_pos, sgc = n_pos * VEC, sgc * VEC
     n_rt = tl.cdiv(n_rows, BLOCK_R)
     r = (pid % n_rt) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)   # (channel, phase)
     q = (pid // n_rt) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)  # phase-grid positions
@@ -125,7 +137,10 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
     end = tl.load(ptr + r + 1, mask=r_ok, other=0).to(tl.int64)
     beg = tl.minimum(tl.maximum(beg, 0), nnz)
     length = tl.minimum(tl.maximum(end, beg), nnz) - beg
-    base = (n * sgn + (hq * sgh + wq * sgw).to(tl.int64))[None, None, :]
+    base = n * sgn + (hq * sgh + wq * sgw).to(tl.int64)
+    if VEC > 1:  # true where pointwise_vec allows VEC (hints inline: a jit callee drops them)
+        base = tl.max_contiguous(tl.multiple_of(base, [VEC]), [VEC])
+    base = base[None, None, :]
     hq3 = hq[None, None, :]
     wq3 = wq[None, None, :]
     acc = tl.zeros([BLOCK_R, BLOCK_P], dtype=ACC)
@@ -144,13 +159,17 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
         o, i, j = _decode_tap(tl.where(live, code, 0), taps, kw)
         # ho = (h + ph - i) / sh = hq + (a + ph - i) / sh: exact (the phase matches the tap),
         # so the shift is per entry and floor and truncating division agree
-        dh = (a[:, None] + ph - i) // sh                             # [R, K]
-        dw = (b[:, None] + pw - j) // sw
-        ho = hq3 + dh[:, :, None]                                    # [R, K, P]
-        wo = wq3 + dw[:, :, None]
-        m = (q_ok & live[:, :, None] & (ho >= 0) & (ho < Ho) & (wo >= 0)
-             & (wo < Wo))  # pixels past H or W read valid dy and are not stored
-        off = base + (o.to(tl.int64) * sgc + (dh * sgh + dw * sgw).to(tl.int64))[:, :, None]
+        if VEC > 1:  # 1x1 unpadded, stride 1: dy at the pixel itself, always inside dy
+            m = q_ok & live[:, :, None]
+            off = base + (o.to(tl.int64) * sgc)[:, :, None]
+        else:
+            dh = (a[:, None] + ph - i) // sh                         # [R, K]
+            dw = (b[:, None] + pw - j) // sw
+            ho = hq3 + dh[:, :, None]                                # [R, K, P]
+            wo = wq3 + dw[:, :, None]
+            m = (q_ok & live[:, :, None] & (ho >= 0) & (ho < Ho) & (wo >= 0)
+                 & (wo < Wo))  # pixels past H or W read valid dy and are not stored
+            off = base + (o.to(tl.int64) * sgc + (dh * sgh + dw * sgw).to(tl.int64))[:, :, None]
         if CHECK:
             tk._flag(err, m & ((off < 0) | (off >= dy_numel)), 13)
             m = m & (off >= 0) & (off < dy_numel)
@@ -245,14 +264,15 @@ def forward(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor, kernel: 
     check = _check_mode(check)
     err = tk._error_flag(x.device, check)
     idx, vals = index.contiguous(), values.contiguous()
+    vec = pointwise_vec(x, kernel, stride, padding, blocks.batch)
     tk._launch(_fwd_kernel)[spmm_grid(n_out, n_pos, blocks)](
-        err if check else idx, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
-        **_geom(kernel, stride, padding), sxn=x.stride(0), sxc=x.stride(1), sxh=x.stride(2),
+        err if check else idx, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos // vec,
+        **_geom(kernel, stride, padding), sxn=x.stride(0), sxc=x.stride(1) // vec,
+        sxh=x.stride(2),
         sxw=x.stride(3), son=out.stride(0), soc=out.stride(1), soh=out.stride(2),
         sow=out.stride(3), x_numel=tk._extent(x), out_numel=tk._extent(out),
         BLOCK_R=blocks.rows, BLOCK_P=blocks.batch, BLOCK_K=blocks.k, ACC=tk._acc(x.dtype),
-        CHECK=check,
-        num_warps=NUM_WARPS)
+        CHECK=check, VEC=vec, num_warps=NUM_WARPS)
     tk._raise_if_flagged(err, ERRORS)
     return out
 
@@ -269,6 +289,16 @@ def position_vec(t: torch.Tensor, block_p: int) -> int:
     vec = 16 // t.element_size()
     ok = t.stride(3) == 1 and all(v % vec == 0 for v in (t.shape[3], *t.stride()[:3]))
     return vec if ok and block_p % vec == 0 else 1
+
+
+def pointwise_vec(t: torch.Tensor, kernel: Geom, stride: Geom, padding: Geom,
+                  block_p: int) -> int:
+    """:func:`position_vec` of the operand the forward (x) or the input gradient (dy) gathers,
+    for a 1x1, stride-1, unpadded convolution only (the input and output grids coincide).
+    Any other geometry shifts the gather by the tap's column, j - padding, per entry, so a
+    run of VEC outputs starts at an input column that is not a multiple of VEC: 1."""
+    ones = tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+    return position_vec(t, block_p) if ones else 1
 
 
 def transpose_index(index: torch.Tensor, in_channels: int, kernel: Geom, stride: Geom,
@@ -312,13 +342,14 @@ def backward_input(grad: torch.Tensor, values: torch.Tensor,
     check = _check_mode(check)
     err = tk._error_flag(grad.device, check)
     ptr, code, pos = (t.contiguous() for t in t_index)
+    vec = pointwise_vec(grad, kernel, stride, padding, blocks.batch)
     tk._launch(_dx_kernel)[spmm_grid(n_rows, n_pos, blocks)](
         err if check else ptr, ptr, code, pos, values.contiguous(), grad, out, n_rows, n_out,
-        values.numel(), C, H, W, Ho, Wo, Hq, Wq, n_pos, **g, sgn=grad.stride(0),
-        sgc=grad.stride(1), sgh=grad.stride(2), sgw=grad.stride(3), sxn=out.stride(0),
+        values.numel(), C, H, W, Ho, Wo, Hq, Wq, n_pos // vec, **g, sgn=grad.stride(0),
+        sgc=grad.stride(1) // vec, sgh=grad.stride(2), sgw=grad.stride(3), sxn=out.stride(0),
         sxc=out.stride(1), sxh=out.stride(2), sxw=out.stride(3), dy_numel=tk._extent(grad),
         dx_numel=tk._extent(out), BLOCK_R=blocks.rows, BLOCK_P=blocks.batch,
-        BLOCK_K=blocks.k, ACC=tk._acc(grad.dtype), CHECK=check,
+        BLOCK_K=blocks.k, ACC=tk._acc(grad.dtype), CHECK=check, VEC=vec,
         num_warps=NUM_WARPS)
     tk._raise_if_flagged(err, ERRORS)
     return out
