@@ -211,11 +211,12 @@ def _dw_kernel(err, idx, dy, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos, chunk,
         wi = j[:, None] + (wo * sw - pw)[None, :]
         m = (live[:, None] & (q < q_hi)[None, :] & (hi >= 0) & (hi < H) & (wi >= 0)
              & (wi < W))
-        md = live[:, None] & (q < q_hi)[None, :]  # dy exists wherever the position does
         pd = n * sgn + (ho * sgh + wo * sgw).to(tl.int64)
+        md = m
         if VEC > 1:  # true where position_vec allows VEC: see there (hints inline: a jit
             pd = tl.max_contiguous(tl.multiple_of(pd, [VEC]), [VEC])  # callee drops them)
-        od = (o * sgc)[:, None] + pd[None, :]
+            md = live[:, None] & (q < q_hi)[None, :]  # dy is read where the position is:
+        od = (o * sgc)[:, None] + pd[None, :]  # a mask constant along each run (x's is not)
         ox = (c.to(tl.int64) * sxc)[:, None] + (n * sxn)[None, :] + (
             hi * sxh + wi * sxw).to(tl.int64)
         if CHECK:
