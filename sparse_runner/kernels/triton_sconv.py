@@ -60,6 +60,16 @@ def _decode_tap(col, taps, kw):
 
 
 @triton.jit
+def _row_range(ptr, r, r_ok, nnz):
+    """(first entry, entry count) of CSC rows r, clamped to [0, nnz] (a malformed ptr
+    cannot make a program read outside the entries)."""
+    beg = tl.load(ptr + r, mask=r_ok, other=0).to(tl.int64)
+    end = tl.load(ptr + r + 1, mask=r_ok, other=0).to(tl.int64)
+    beg = tl.minimum(tl.maximum(beg, 0), nnz)
+    return beg, tl.minimum(tl.maximum(end, beg), nnz) - beg
+
+
+@triton.jit
 def _fwd_kernel(err, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
                 kw, taps, sh, sw, ph, pw, sxn, sxc, sxh, sxw, son, soc, soh, sow,
                 x_numel, out_numel, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -133,10 +143,7 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
     b = ph_id - a * sw
     n, hq, wq = _decode_pos(q, Hq * Wq, Wq)
     q_ok = (q < n_pos)[None, None, :]
-    beg = tl.load(ptr + r, mask=r_ok, other=0).to(tl.int64)
-    end = tl.load(ptr + r + 1, mask=r_ok, other=0).to(tl.int64)
-    beg = tl.minimum(tl.maximum(beg, 0), nnz)
-    length = tl.minimum(tl.maximum(end, beg), nnz) - beg
+    beg, length = _row_range(ptr, r, r_ok, nnz)
     base = n * sgn + (hq * sgh + wq * sgw).to(tl.int64)
     if VEC > 1:  # true where pointwise_vec allows VEC (hints inline: a jit callee drops them)
         base = tl.max_contiguous(tl.multiple_of(base, [VEC]), [VEC])
@@ -157,12 +164,10 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
         live = live & (vp >= 0) & (vp < nnz)
         v = tl.load(vals + vp, mask=live, other=0.0).to(ACC)
         o, i, j = _decode_tap(tl.where(live, code, 0), taps, kw)
-        # ho = (h + ph - i) / sh = hq + (a + ph - i) / sh: exact (the phase matches the tap),
-        # so the shift is per entry and floor and truncating division agree
         if VEC > 1:  # 1x1 unpadded, stride 1: dy at the pixel itself, always inside dy
             m = q_ok & live[:, :, None]
             off = base + (o.to(tl.int64) * sgc)[:, :, None]
-        else:
+        else:  # ho = (h + ph - i) / sh = hq + (a + ph - i) / sh, exact (the phase fits)
             dh = (a[:, None] + ph - i) // sh                         # [R, K]
             dw = (b[:, None] + pw - j) // sw
             ho = hq3 + dh[:, :, None]                                # [R, K, P]
