@@ -5,6 +5,9 @@ a construct the compiler rejects would pass the interpreter tests. ``triton.comp
 explicit ``GPUTarget`` runs the whole pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin through
 the ptxas Triton ships) on any machine. At run time Triton compiles again for the GPU at hand,
 with its own specialisations, so this is a check that the kernels compile, not a prebuild.
+Pointers are compiled 16-byte aligned (as the JIT specialises fresh tensors); each kernel
+with a ``VEC`` parameter is compiled on both paths; :func:`global_loads` reads the PTX's
+load widths per source line (the 16-byte-load test).
 """
 from __future__ import annotations
 

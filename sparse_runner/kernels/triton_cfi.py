@@ -18,6 +18,9 @@ interpreter never enables).
 * ``sddmm``: dv[o, j] = sum_b dy[b, o] * x[b, idx[o, j]] with the batch split across programs
   into float32 (float64 for float64) partial sums, added up afterwards.
 Accumulation is float32 for float32/bfloat16/float16 and float64 for float64.
+Both kernels take 16-byte loads along the batch (``VEC``, :func:`batch_vec`) where every
+batch-ordered operand is batch-contiguous and the batch is a multiple of 16 bytes; else the
+strided path (docs/gpu-path.md, "16-byte loads").
 """
 from __future__ import annotations
 

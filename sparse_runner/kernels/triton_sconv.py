@@ -17,6 +17,11 @@ triples of a batch flattened, so small late-stage maps (4x4) still fill a tile.
   pixel is written exactly once, no atomics.
 * ``_dw_kernel``: per entry, sum over positions of dy[n, o, ho, wo] * x[n, c, tap-shifted];
   positions split over programs into fp32 partial sums (as triton_cfi's sddmm), added after.
+
+16-byte loads (``VEC`` > 1) along the output positions where a run of VEC positions is VEC
+aligned, consecutive elements: dy in dW (:func:`position_vec`), and x / dy of 1x1 unpadded
+stride-1 convolutions in the forward / dx (:func:`pointwise_vec`). Tap-shifted gathers start
+at column j - padding, not VEC-aligned: 4-byte loads (docs/gpu-path.md, "16-byte loads").
 """
 from __future__ import annotations
 
