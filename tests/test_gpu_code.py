@@ -212,3 +212,37 @@ def test_all_kernels_with_the_gpu_tile_sizes(shape, dtype):
                    reference.backward_input(d(gy), d(v), idx, n_in), dtype, n_out)
     assert_matches(tk.backward_weight(gy, x, idx),
                    reference.backward_weight(d(gy), d(x), idx), dtype, nb)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_shapes_cover_the_vector_and_the_strided_batch_paths(dtype):
+    """Batch 16 (batch-contiguous, a multiple of 16 bytes) takes the 16-byte loads, 15/17/33
+    the strided fallback (fp64: 2 per load, so batch 16 only too: 33 is odd)."""
+    vec = 16 // dtype.itemsize
+    taken = {s[0]: tk.batch_vec(tk.batch_major(torch.empty(s[0], s[1], dtype=dtype)),
+                                SMALL.batch) for s in SHAPES if s[0]}
+    assert taken == {1: 1, 15: 1, 16: vec, 17: 1, 33: 1}
+    xt = torch.empty(8, 64, dtype=dtype).t()
+    assert tk.batch_vec(xt, SMALL.batch) == vec and tk.batch_vec(xt, vec // 2) == 1
+    assert tk.batch_vec(xt, SMALL.batch, torch.empty(64, 8, dtype=dtype)) == 1  # dy row-major
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_vector_path_reads_only_its_batch_runs(dtype):
+    """spmm and sddmm on batch-contiguous views whose columns sit between NaN columns (the
+    column stride a multiple of 16 bytes): a read past a run of the batch brings NaN in."""
+    nb, n_in, n_out, k = 32, 24, 20, 6
+    idx, v, x, gy, b = problem((nb, n_in, n_out, k), dtype, seed=9)
+    xbuf = torch.full((n_in, nb + 16), float("nan"), dtype=dtype)
+    gbuf = torch.full((n_out, nb + 16), float("nan"), dtype=dtype)
+    xs, gs = xbuf[:, 8:8 + nb].t(), gbuf[:, 8:8 + nb].t()
+    xs.copy_(x)
+    gs.copy_(gy)
+    assert tk.batch_vec(xs, SMALL.batch, gs) == 16 // dtype.itemsize
+    d = lambda t: t.double()  # noqa: E731
+    out = torch.empty(nb, n_out, dtype=dtype)
+    rows = (None, idx, None, v)
+    assert_matches(tk.spmm(rows, k, xs, n_out, out, b, SMALL, check=True),
+                   reference.forward(d(x), d(v), idx, d(b)), dtype, k)
+    assert_matches(tk.sddmm(idx, gs, xs, SMALL, target_programs=3, check=True),
+                   reference.backward_weight(d(gy), d(x), idx), dtype, nb)

@@ -28,7 +28,8 @@ SMALL = Blocks(rows=8, batch=16, k=4, entries=32)
 CASES = [(2, 5, 6, 7, 5, (1, 1), (1, 1), (0, 0)), (3, 4, 7, 9, 7, (1, 1), (2, 2), (0, 0)),
          (2, 4, 9, 5, 7, (3, 3), (1, 1), (1, 1)), (2, 5, 6, 9, 7, (3, 3), (2, 2), (1, 1)),
          (1, 3, 5, 8, 7, (5, 3), (1, 1), (2, 1)), (2, 3, 6, 11, 9, (5, 3), (2, 2), (0, 2)),
-         (2, 3, 5, 5, 6, (3, 3), (1, 1), (2, 2)), (1, 4, 6, 9, 9, (3, 3), (2, 1), (0, 1))]
+         (2, 3, 5, 5, 6, (3, 3), (1, 1), (2, 2)), (1, 4, 6, 9, 9, (3, 3), (2, 1), (0, 1)),
+         (2, 5, 6, 3, 8, (1, 1), (1, 1), (0, 0))]  # 1x1, W = 8: all three 16-byte paths
 IDS = ["b{}c{}o{}_{}x{}_k{}_s{}_p{}".format(b, c, o, h, w, "x".join(map(str, k)),
                                              "".join(map(str, s)), "".join(map(str, p)))
        for b, c, o, h, w, k, s, p in CASES]
@@ -239,3 +240,74 @@ def test_the_transpose_is_cached_per_index_tensor_and_version():
     assert rebuilt is not first and all(torch.equal(a, b) for a, b in zip(rebuilt, want))
     copy = idx.clone()
     assert gpu_sconv.transpose_for(copy, 5, *geom) is not rebuilt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_cases_cover_the_vector_and_the_strided_dw_paths(dtype):
+    """CASES run the weight gradient's 16-byte path (Wo a multiple of 16 bytes) and the
+    fallback; a column stride != 1 or an unaligned row stride takes the fallback."""
+    vec = 16 // dtype.itemsize
+    paths = {ts.position_vec(torch.empty(c[0], c[2], *ts.out_size(*c[3:5], *c[5:]), dtype=dtype),
+                             SMALL.batch) for c in CASES}
+    assert paths == {1, vec}
+    ones = {ts.pointwise_vec(torch.empty(c[0], c[1], c[3], c[4], dtype=dtype), *c[5:],
+                             SMALL.batch) for c in CASES if c[5] == (1, 1)}
+    assert ones == {1, vec}  # W = 5 and W = 8
+    g = torch.empty(2, 3, 4, 2 * vec, dtype=dtype)
+    assert ts.pointwise_vec(g, (1, 1), (1, 1), (0, 0), SMALL.batch) == vec
+    assert ts.pointwise_vec(g, (3, 3), (1, 1), (1, 1), SMALL.batch) == 1  # tap-shifted
+    assert ts.pointwise_vec(g, (1, 1), (2, 2), (0, 0), SMALL.batch) == 1
+    assert ts.position_vec(g, SMALL.batch) == vec
+    assert ts.position_vec(g[..., ::2], SMALL.batch) == 1            # column stride 2
+    assert ts.position_vec(torch.empty(2, 3, 4, vec + 1, dtype=dtype)[..., :vec], 16) == 1
+    assert ts.position_vec(g, vec // 2) == 1                         # tile not a multiple
+
+
+def _position_offsets(g, blocks, target_programs=None):
+    """Offsets in ``g`` of the positions the tiles visit, computed as the kernels do:
+    ``_dw_kernel``'s chunks of tiles (``target_programs`` given), else one tile per program
+    (``_fwd_kernel`` / ``_dx_kernel``)."""
+    from sparse_runner.kernels.gpu_grid import sddmm_split
+
+    nb, _, ho, wo = g.shape
+    n_pos = nb * ho * wo
+    chunk = sddmm_split(8, n_pos, blocks, target_programs).chunk if target_programs else n_pos
+    starts = [q0 for lo in range(0, n_pos, chunk)
+              for q0 in range(lo, min(lo + chunk, n_pos), blocks.batch)]
+    q = (torch.tensor(starts)[:, None] + torch.arange(blocks.batch)).reshape(-1)
+    n, rem = q // (ho * wo), q % (ho * wo)
+    return n * g.stride(0) + rem // wo * g.stride(2) + rem % wo * g.stride(3)
+
+
+@pytest.mark.parametrize("programs", [3, None], ids=["dw_chunks", "fwd_dx_tiles"])
+@pytest.mark.parametrize("wo", [8, 6], ids=["wo8", "wo6"])
+def test_the_contiguity_hints_hold_exactly_where_they_are_given(wo, programs):
+    """The kernels tell Triton the position offsets come in runs of VEC consecutive elements
+    from multiples of VEC; the interpreter ignores hints, so the claim is checked here on
+    the offsets themselves: true for every tile when position_vec gives VEC, false for an
+    output width it refuses (a run crosses a row)."""
+    g = torch.empty(3, 2, 5, wo)
+    runs = _position_offsets(g, SMALL, programs).view(-1, 4)
+    holds = bool(((runs[:, 1:] - runs[:, :-1]) == 1).all() and (runs[:, 0] % 4 == 0).all())
+    assert holds == (ts.position_vec(g, SMALL.batch) == 4) == (wo == 8)
+
+
+@pytest.mark.parametrize("case", [(2, 3, 5, 6, 6, (3, 3), (1, 1), (2, 2)),  # Wo = 8: dW
+                                  (2, 5, 6, 3, 8, (1, 1), (1, 1), (0, 0))],  # 1x1: all three
+                         ids=["3x3", "1x1"])
+def test_vector_paths_read_only_their_views(case):
+    """The 16-byte paths on views with an aligned row stride and NaN between the rows' runs
+    (a read past a run brings NaN in), against float64."""
+    idx, v, x, gy = problem(case, torch.float32, seed=6)
+
+    def gapped(t):
+        view = torch.full((*t.shape[:3], t.shape[3] + 8), float("nan"))[..., 4:4 + t.shape[3]]
+        return view.copy_(t)
+
+    xs, gs = gapped(x), gapped(gy)
+    assert ts.position_vec(gs, SMALL.batch) == 4
+    assert ts.pointwise_vec(xs, *case[5:], SMALL.batch) == (4 if case[5] == (1, 1) else 1)
+    got = run_all(case, idx, v, xs, gs, target_programs=3)
+    terms = (idx.shape[1], 6 * 9, 2 * 64)
+    for name, g, w_, n in zip(("forward", "dx", "dW"), got, oracles(case, idx, v, x, gy), terms):
+        assert_close(g, w_, torch.float32, n, name)

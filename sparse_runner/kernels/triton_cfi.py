@@ -18,6 +18,9 @@ interpreter never enables).
 * ``sddmm``: dv[o, j] = sum_b dy[b, o] * x[b, idx[o, j]] with the batch split across programs
   into float32 (float64 for float64) partial sums, added up afterwards.
 Accumulation is float32 for float32/bfloat16/float16 and float64 for float64.
+Both kernels take 16-byte loads along the batch (``VEC``, :func:`batch_vec`) where every
+batch-ordered operand is batch-contiguous and the batch is a multiple of 16 bytes; else the
+strided path (docs/gpu-path.md, "16-byte loads").
 """
 from __future__ import annotations
 
@@ -54,8 +57,11 @@ def _spmm_kernel(err, ptr, cols, pos, vals, src, bias, out, n_rows, n_src, nb, k
                  s_sb, s_sc, s_ob, s_or, src_numel, out_numel,
                  HAS_PTR: tl.constexpr, HAS_POS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
-                 ACC: tl.constexpr, CHECK: tl.constexpr):
+                 ACC: tl.constexpr, CHECK: tl.constexpr, VEC: tl.constexpr = 1):
     pid = tl.program_id(0).to(tl.int64)
+    if VEC > 1:  # batch-contiguous src: nb and s_sc come divided by VEC (batch_vec)
+        nb = nb * VEC
+        s_sc = s_sc * VEC
     n_rt = tl.cdiv(n_rows, BLOCK_R)
     r = (pid % n_rt) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     b = (pid // n_rt) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
@@ -86,7 +92,10 @@ def _spmm_kernel(err, ptr, cols, pos, vals, src, bias, out, n_rows, n_src, nb, k
         else:
             q = p
         v = tl.load(vals + q, mask=live, other=0.0).to(ACC)
-        off = b[:, None, None] * s_sb + c[None, :, :] * s_sc        # [B, R, K] gather
+        if VEC > 1:  # unit batch stride as a literal: runs of VEC along b, VEC-aligned
+            off = b[:, None, None] + c[None, :, :] * s_sc
+        else:
+            off = b[:, None, None] * s_sb + c[None, :, :] * s_sc    # [B, R, K] gather
         m3 = b_ok[:, None, None] & live[None, :, :]
         if CHECK:
             _flag(err, m3 & ((off < 0) | (off >= src_numel)), 1)
@@ -106,8 +115,13 @@ def _spmm_kernel(err, ptr, cols, pos, vals, src, bias, out, n_rows, n_src, nb, k
 @triton.jit
 def _sddmm_kernel(err, idx, dy, x, part, nnz, k, n_src, nb, chunk, s_db, s_do, s_xb, s_xc,
                   dy_numel, x_numel, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr,
-                  ACC: tl.constexpr, CHECK: tl.constexpr):
+                  ACC: tl.constexpr, CHECK: tl.constexpr, VEC: tl.constexpr = 1):
     pid = tl.program_id(0).to(tl.int64)
+    if VEC > 1:  # batch-contiguous dy and x: nb, chunk, s_do, s_xc come divided by VEC
+        nb = nb * VEC
+        chunk = chunk * VEC
+        s_do = s_do * VEC
+        s_xc = s_xc * VEC
     n_et = tl.cdiv(nnz, BLOCK_E)
     split = pid // n_et
     e = (pid % n_et) * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
@@ -121,8 +135,12 @@ def _sddmm_kernel(err, idx, dy, x, part, nnz, k, n_src, nb, chunk, s_db, s_do, s
     for b0 in range(b_lo, b_hi, BLOCK_B):
         b = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
         m = (b < b_hi)[:, None] & ok[None, :]
-        od = b[:, None] * s_db + o[None, :] * s_do
-        ox = b[:, None] * s_xb + c[None, :] * s_xc
+        if VEC > 1:  # unit batch strides as literals: runs of VEC along b, VEC-aligned
+            od = b[:, None] + o[None, :] * s_do
+            ox = b[:, None] + c[None, :] * s_xc
+        else:
+            od = b[:, None] * s_db + o[None, :] * s_do
+            ox = b[:, None] * s_xb + c[None, :] * s_xc
         if CHECK:
             _flag(err, m & ((od < 0) | (od >= dy_numel)), 3)
             _flag(err, m & ((ox < 0) | (ox >= x_numel)), 4)
@@ -157,6 +175,20 @@ def _extent(t: torch.Tensor) -> int:
     return 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else 0
 
 
+def batch_vec(t: torch.Tensor, block_b: int, *operands: torch.Tensor) -> int:
+    """Elements per 16-byte load along the batch when every operand is batch-contiguous
+    (stride 1 along dim 0) with its column stride, the batch and the batch tile all multiples
+    of it; else 1 (the strided path). Then each run of ``VEC`` batch entries a thread reads
+    is contiguous and starts at a multiple of ``VEC`` elements from the data pointer (whose
+    own 16-byte alignment Triton's JIT checks and specialises on), so 128-bit loads are
+    exact, not a hint: the kernels get nb, the column strides and the batch chunk divided by
+    ``VEC`` and multiply them back, which lets Triton's axis analysis see the divisibility."""
+    vec = 16 // t.element_size()
+    nb = t.shape[0]
+    ok = all(o.stride(0) == 1 and o.stride(1) % vec == 0 for o in (t, *operands))
+    return vec if ok and vec > 1 and nb % vec == 0 and block_b % vec == 0 else 1
+
+
 def spmm(rows: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor],
          k: int, src: torch.Tensor, n_rows: int, out: torch.Tensor,
          bias: torch.Tensor | None = None, blocks: Blocks = DEFAULT_BLOCKS,
@@ -171,13 +203,15 @@ def spmm(rows: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, tor
         return out
     nnz = vals.numel()
     err = _error_flag(src.device, check)
+    vec = batch_vec(src, blocks.batch)
     _launch(_spmm_kernel)[spmm_grid(n_rows, nb, blocks)](
-        err if check else cols, ptr if ptr is not None else cols, cols, pos if pos is not None else cols, vals, src,
-        bias if bias is not None else vals, out, n_rows, n_src, nb, k, nnz,
-        src.stride(0), src.stride(1), out.stride(0), out.stride(1), _extent(src), _extent(out),
+        err if check else cols, ptr if ptr is not None else cols, cols,
+        pos if pos is not None else cols, vals, src, bias if bias is not None else vals, out,
+        n_rows, n_src, nb // vec, k, nnz, src.stride(0), src.stride(1) // vec, out.stride(0),
+        out.stride(1), _extent(src), _extent(out),
         HAS_PTR=ptr is not None, HAS_POS=pos is not None, HAS_BIAS=bias is not None,
         BLOCK_R=blocks.rows, BLOCK_B=blocks.batch, BLOCK_K=blocks.k, ACC=_acc(src.dtype),
-        CHECK=check, num_warps=num_warps)
+        CHECK=check, VEC=vec, num_warps=num_warps)
     _raise_if_flagged(err)
     return out
 
@@ -196,10 +230,12 @@ def sddmm(idx: torch.Tensor, dy: torch.Tensor, x: torch.Tensor,
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     part = torch.empty(split.splits, nnz, dtype=acc, device=x.device)
     err = _error_flag(x.device, check)
+    vec = batch_vec(x, blocks.batch, dy)  # (the chunk is a multiple of the batch tile)
     _launch(_sddmm_kernel)[split.grid](
-        err if check else idx, idx, dy, x, part, nnz, k, n_src, nb, split.chunk, dy.stride(0), dy.stride(1),
-        x.stride(0), x.stride(1), _extent(dy), _extent(x), BLOCK_E=blocks.entries,
-        BLOCK_B=blocks.batch, ACC=_acc(x.dtype), CHECK=check, num_warps=num_warps)
+        err if check else idx, idx, dy, x, part, nnz, k, n_src, nb // vec, split.chunk // vec,
+        dy.stride(0), dy.stride(1) // vec, x.stride(0), x.stride(1) // vec, _extent(dy),
+        _extent(x), BLOCK_E=blocks.entries, BLOCK_B=blocks.batch, ACC=_acc(x.dtype),
+        CHECK=check, VEC=vec, num_warps=num_warps)
     _raise_if_flagged(err)
     return part.sum(0).view(n_out, k).to(x.dtype)
 

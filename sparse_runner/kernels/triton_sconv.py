@@ -17,6 +17,11 @@ triples of a batch flattened, so small late-stage maps (4x4) still fill a tile.
   pixel is written exactly once, no atomics.
 * ``_dw_kernel``: per entry, sum over positions of dy[n, o, ho, wo] * x[n, c, tap-shifted];
   positions split over programs into fp32 partial sums (as triton_cfi's sddmm), added after.
+
+16-byte loads (``VEC`` > 1) along the output positions where a run of VEC positions is VEC
+aligned, consecutive elements: dy in dW (:func:`position_vec`), and x / dy of 1x1 unpadded
+stride-1 convolutions in the forward / dx (:func:`pointwise_vec`). Tap-shifted gathers start
+at column j - padding, not VEC-aligned: 4-byte loads (docs/gpu-path.md, "16-byte loads").
 """
 from __future__ import annotations
 
@@ -60,11 +65,24 @@ def _decode_tap(col, taps, kw):
 
 
 @triton.jit
+def _row_range(ptr, r, r_ok, nnz):
+    """(first entry, entry count) of CSC rows r, clamped to [0, nnz] (a malformed ptr
+    cannot make a program read outside the entries)."""
+    beg = tl.load(ptr + r, mask=r_ok, other=0).to(tl.int64)
+    end = tl.load(ptr + r + 1, mask=r_ok, other=0).to(tl.int64)
+    beg = tl.minimum(tl.maximum(beg, 0), nnz)
+    return beg, tl.minimum(tl.maximum(end, beg), nnz) - beg
+
+
+@triton.jit
 def _fwd_kernel(err, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
                 kw, taps, sh, sw, ph, pw, sxn, sxc, sxh, sxw, son, soc, soh, sow,
                 x_numel, out_numel, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-                BLOCK_K: tl.constexpr, ACC: tl.constexpr, CHECK: tl.constexpr):
+                BLOCK_K: tl.constexpr, ACC: tl.constexpr, CHECK: tl.constexpr,
+                VEC: tl.constexpr = 1):
     pid = tl.program_id(0).to(tl.int64)
+    if VEC > 1:  # 1x1, stride 1, unpadded, x in aligned runs (pointwise_vec): divided by VEC
+        n_pos, sxc = n_pos * VEC, sxc * VEC
     n_rt = tl.cdiv(n_out, BLOCK_R)
     r = (pid % n_rt) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     q = (pid // n_rt) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
@@ -73,7 +91,10 @@ def _fwd_kernel(err, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
     n, ho, wo = _decode_pos(q, Ho * Wo, Wo)
     h0 = ho * sh - ph
     w0 = wo * sw - pw
-    base = (n * sxn + (h0 * sxh + w0 * sxw).to(tl.int64))[None, None, :]
+    base = n * sxn + (h0 * sxh + w0 * sxw).to(tl.int64)
+    if VEC > 1:  # true where pointwise_vec allows VEC (hints inline: a jit callee drops them)
+        base = tl.max_contiguous(tl.multiple_of(base, [VEC]), [VEC])
+    base = base[None, None, :]
     h0 = h0[None, None, :]
     w0 = w0[None, None, :]
     acc = tl.zeros([BLOCK_R, BLOCK_P], dtype=ACC)
@@ -85,11 +106,15 @@ def _fwd_kernel(err, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
         live = live & (col >= 0) & (col < C * taps)                 # padded slots skipped
         c, i, j = _decode_tap(tl.where(live, col, 0), taps, kw)
         v = tl.load(vals + e, mask=live, other=0.0).to(ACC)
-        tap = (c.to(tl.int64) * sxc + (i * sxh + j * sxw).to(tl.int64))[:, :, None]
-        hi = h0 + i[:, :, None]                                      # [R, K, P]: positions
-        wi = w0 + j[:, :, None]                                      # last (coalesced)
-        m = (live[:, :, None] & q_ok[None, None, :] & (hi >= 0) & (hi < H)
-             & (wi >= 0) & (wi < W))
+        if VEC > 1:  # the one tap (0, 0) of a 1x1 unpadded kernel: always inside x
+            tap = (c.to(tl.int64) * sxc)[:, :, None]
+            m = live[:, :, None] & q_ok[None, None, :]
+        else:
+            tap = (c.to(tl.int64) * sxc + (i * sxh + j * sxw).to(tl.int64))[:, :, None]
+            hi = h0 + i[:, :, None]                                  # [R, K, P]: positions
+            wi = w0 + j[:, :, None]                                  # last (coalesced)
+            m = (live[:, :, None] & q_ok[None, None, :] & (hi >= 0) & (hi < H)
+                 & (wi >= 0) & (wi < W))
         off = base + tap
         if CHECK:
             tk._flag(err, m & ((off < 0) | (off >= x_numel)), 11)
@@ -109,8 +134,10 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
                Hq, Wq, n_pos, kw, taps, sh, sw, ph, pw, sgn, sgc, sgh, sgw,
                sxn, sxc, sxh, sxw, dy_numel, dx_numel, BLOCK_R: tl.constexpr,
                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-               CHECK: tl.constexpr):
+               CHECK: tl.constexpr, VEC: tl.constexpr = 1):
     pid = tl.program_id(0).to(tl.int64)
+    if VEC > 1:  # 1x1, stride 1, unpadded, dy in aligned runs (pointwise_vec): divided by VEC
+        n_pos, sgc = n_pos * VEC, sgc * VEC
     n_rt = tl.cdiv(n_rows, BLOCK_R)
     r = (pid % n_rt) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)   # (channel, phase)
     q = (pid // n_rt) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)  # phase-grid positions
@@ -121,11 +148,11 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
     b = ph_id - a * sw
     n, hq, wq = _decode_pos(q, Hq * Wq, Wq)
     q_ok = (q < n_pos)[None, None, :]
-    beg = tl.load(ptr + r, mask=r_ok, other=0).to(tl.int64)
-    end = tl.load(ptr + r + 1, mask=r_ok, other=0).to(tl.int64)
-    beg = tl.minimum(tl.maximum(beg, 0), nnz)
-    length = tl.minimum(tl.maximum(end, beg), nnz) - beg
-    base = (n * sgn + (hq * sgh + wq * sgw).to(tl.int64))[None, None, :]
+    beg, length = _row_range(ptr, r, r_ok, nnz)
+    base = n * sgn + (hq * sgh + wq * sgw).to(tl.int64)
+    if VEC > 1:  # true where pointwise_vec allows VEC (hints inline: a jit callee drops them)
+        base = tl.max_contiguous(tl.multiple_of(base, [VEC]), [VEC])
+    base = base[None, None, :]
     hq3 = hq[None, None, :]
     wq3 = wq[None, None, :]
     acc = tl.zeros([BLOCK_R, BLOCK_P], dtype=ACC)
@@ -142,15 +169,17 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
         live = live & (vp >= 0) & (vp < nnz)
         v = tl.load(vals + vp, mask=live, other=0.0).to(ACC)
         o, i, j = _decode_tap(tl.where(live, code, 0), taps, kw)
-        # ho = (h + ph - i) / sh = hq + (a + ph - i) / sh: exact (the phase matches the tap),
-        # so the shift is per entry and floor and truncating division agree
-        dh = (a[:, None] + ph - i) // sh                             # [R, K]
-        dw = (b[:, None] + pw - j) // sw
-        ho = hq3 + dh[:, :, None]                                    # [R, K, P]
-        wo = wq3 + dw[:, :, None]
-        m = (q_ok & live[:, :, None] & (ho >= 0) & (ho < Ho) & (wo >= 0)
-             & (wo < Wo))  # pixels past H or W read valid dy and are not stored
-        off = base + (o.to(tl.int64) * sgc + (dh * sgh + dw * sgw).to(tl.int64))[:, :, None]
+        if VEC > 1:  # 1x1 unpadded, stride 1: dy at the pixel itself, always inside dy
+            m = q_ok & live[:, :, None]
+            off = base + (o.to(tl.int64) * sgc)[:, :, None]
+        else:  # ho = (h + ph - i) / sh = hq + (a + ph - i) / sh, exact (the phase fits)
+            dh = (a[:, None] + ph - i) // sh                         # [R, K]
+            dw = (b[:, None] + pw - j) // sw
+            ho = hq3 + dh[:, :, None]                                # [R, K, P]
+            wo = wq3 + dw[:, :, None]
+            m = (q_ok & live[:, :, None] & (ho >= 0) & (ho < Ho) & (wo >= 0)
+                 & (wo < Wo))  # pixels past H or W read valid dy and are not stored
+            off = base + (o.to(tl.int64) * sgc + (dh * sgh + dw * sgw).to(tl.int64))[:, :, None]
         if CHECK:
             tk._flag(err, m & ((off < 0) | (off >= dy_numel)), 13)
             m = m & (off >= 0) & (off < dy_numel)
@@ -170,8 +199,10 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
 def _dw_kernel(err, idx, dy, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos, chunk,
                kw, taps, sh, sw, ph, pw, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
                dy_numel, x_numel, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr,
-               ACC: tl.constexpr, CHECK: tl.constexpr):
+               ACC: tl.constexpr, CHECK: tl.constexpr, VEC: tl.constexpr = 1):
     pid = tl.program_id(0).to(tl.int64)
+    if VEC > 1:  # dy in aligned runs (position_vec): these come divided by VEC
+        n_pos, chunk, sgc = n_pos * VEC, chunk * VEC, sgc * VEC
     n_et = tl.cdiv(nnz, BLOCK_E)
     split = pid // n_et
     e = (pid % n_et) * BLOCK_E + tl.arange(0, BLOCK_E).to(tl.int64)
@@ -190,14 +221,20 @@ def _dw_kernel(err, idx, dy, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos, chunk,
         wi = j[:, None] + (wo * sw - pw)[None, :]
         m = (live[:, None] & (q < q_hi)[None, :] & (hi >= 0) & (hi < H) & (wi >= 0)
              & (wi < W))
-        od = (o * sgc)[:, None] + (n * sgn + (ho * sgh + wo * sgw).to(tl.int64))[None, :]
+        pd = n * sgn + (ho * sgh + wo * sgw).to(tl.int64)
+        md = m
+        if VEC > 1:  # true where position_vec allows VEC: see there (hints inline: a jit
+            pd = tl.max_contiguous(tl.multiple_of(pd, [VEC]), [VEC])  # callee drops them)
+            md = live[:, None] & (q < q_hi)[None, :]  # dy is read where the position is:
+        od = (o * sgc)[:, None] + pd[None, :]  # a mask constant along each run (x's is not)
         ox = (c.to(tl.int64) * sxc)[:, None] + (n * sxn)[None, :] + (
             hi * sxh + wi * sxw).to(tl.int64)
         if CHECK:
-            tk._flag(err, m & ((od < 0) | (od >= dy_numel)), 13)
+            tk._flag(err, md & ((od < 0) | (od >= dy_numel)), 13)
             tk._flag(err, m & ((ox < 0) | (ox >= x_numel)), 11)
-            m = m & (od >= 0) & (od < dy_numel) & (ox >= 0) & (ox < x_numel)
-        d = tl.load(dy + od, mask=m, other=0.0).to(ACC)
+            md = md & (od >= 0) & (od < dy_numel)
+            m = m & (ox >= 0) & (ox < x_numel)
+        d = tl.load(dy + od, mask=md, other=0.0).to(ACC)
         xv = tl.load(x + ox, mask=m, other=0.0).to(ACC)
         acc += tl.sum(d * xv, axis=1)
     tl.store(part + split * nnz + e, acc, mask=e_ok)
@@ -238,16 +275,41 @@ def forward(x: torch.Tensor, values: torch.Tensor, index: torch.Tensor, kernel: 
     check = _check_mode(check)
     err = tk._error_flag(x.device, check)
     idx, vals = index.contiguous(), values.contiguous()
+    vec = pointwise_vec(x, kernel, stride, padding, blocks.batch)
     tk._launch(_fwd_kernel)[spmm_grid(n_out, n_pos, blocks)](
-        err if check else idx, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos,
-        **_geom(kernel, stride, padding), sxn=x.stride(0), sxc=x.stride(1), sxh=x.stride(2),
+        err if check else idx, idx, vals, x, out, n_out, kk, C, H, W, Ho, Wo, n_pos // vec,
+        **_geom(kernel, stride, padding), sxn=x.stride(0), sxc=x.stride(1) // vec,
+        sxh=x.stride(2),
         sxw=x.stride(3), son=out.stride(0), soc=out.stride(1), soh=out.stride(2),
         sow=out.stride(3), x_numel=tk._extent(x), out_numel=tk._extent(out),
         BLOCK_R=blocks.rows, BLOCK_P=blocks.batch, BLOCK_K=blocks.k, ACC=tk._acc(x.dtype),
-        CHECK=check,
-        num_warps=NUM_WARPS)
+        CHECK=check, VEC=vec, num_warps=NUM_WARPS)
     tk._raise_if_flagged(err, ERRORS)
     return out
+
+
+def position_vec(t: torch.Tensor, block_p: int) -> int:
+    """Elements per 16-byte load along the output positions of ``t`` [N, O, Ho, Wo], or 1.
+
+    VEC > 1 where the column stride is 1 and Wo, the row, channel and sample strides and the
+    position tile are multiples of VEC. Then every aligned group of VEC positions of a tile
+    (tiles and the weight gradient's chunks start at multiples of the tile) lies in one row,
+    at VEC consecutive columns from a multiple of VEC, VEC-aligned elements from the data
+    pointer: the hints ``_dw_kernel`` gives Triton hold. (The tap-shifted x is not aligned.)
+    """
+    vec = 16 // t.element_size()
+    ok = t.stride(3) == 1 and all(v % vec == 0 for v in (t.shape[3], *t.stride()[:3]))
+    return vec if ok and block_p % vec == 0 else 1
+
+
+def pointwise_vec(t: torch.Tensor, kernel: Geom, stride: Geom, padding: Geom,
+                  block_p: int) -> int:
+    """:func:`position_vec` of the operand the forward (x) or the input gradient (dy) gathers,
+    for a 1x1, stride-1, unpadded convolution only (the input and output grids coincide).
+    Any other geometry shifts the gather by the tap's column, j - padding, per entry, so a
+    run of VEC outputs starts at an input column that is not a multiple of VEC: 1."""
+    ones = tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+    return position_vec(t, block_p) if ones else 1
 
 
 def transpose_index(index: torch.Tensor, in_channels: int, kernel: Geom, stride: Geom,
@@ -291,13 +353,14 @@ def backward_input(grad: torch.Tensor, values: torch.Tensor,
     check = _check_mode(check)
     err = tk._error_flag(grad.device, check)
     ptr, code, pos = (t.contiguous() for t in t_index)
+    vec = pointwise_vec(grad, kernel, stride, padding, blocks.batch)
     tk._launch(_dx_kernel)[spmm_grid(n_rows, n_pos, blocks)](
         err if check else ptr, ptr, code, pos, values.contiguous(), grad, out, n_rows, n_out,
-        values.numel(), C, H, W, Ho, Wo, Hq, Wq, n_pos, **g, sgn=grad.stride(0),
-        sgc=grad.stride(1), sgh=grad.stride(2), sgw=grad.stride(3), sxn=out.stride(0),
+        values.numel(), C, H, W, Ho, Wo, Hq, Wq, n_pos // vec, **g, sgn=grad.stride(0),
+        sgc=grad.stride(1) // vec, sgh=grad.stride(2), sgw=grad.stride(3), sxn=out.stride(0),
         sxc=out.stride(1), sxh=out.stride(2), sxw=out.stride(3), dy_numel=tk._extent(grad),
         dx_numel=tk._extent(out), BLOCK_R=blocks.rows, BLOCK_P=blocks.batch,
-        BLOCK_K=blocks.k, ACC=tk._acc(grad.dtype), CHECK=check,
+        BLOCK_K=blocks.k, ACC=tk._acc(grad.dtype), CHECK=check, VEC=vec,
         num_warps=NUM_WARPS)
     tk._raise_if_flagged(err, ERRORS)
     return out
@@ -320,13 +383,14 @@ def backward_weight(grad: torch.Tensor, x: torch.Tensor, index: torch.Tensor, ke
     part = torch.empty(split.splits, nnz, dtype=acc, device=x.device)
     err = tk._error_flag(x.device, check)
     idx = index.contiguous()
+    vec = position_vec(grad, blocks.batch)
     tk._launch(_dw_kernel)[split.grid](
-        err if check else idx, idx, grad, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos,
-        split.chunk, **_geom(kernel, stride, padding), sgn=grad.stride(0),
-        sgc=grad.stride(1), sgh=grad.stride(2), sgw=grad.stride(3), sxn=x.stride(0),
+        err if check else idx, idx, grad, x, part, nnz, kk, C, H, W, Ho, Wo, n_pos // vec,
+        split.chunk // vec, **_geom(kernel, stride, padding), sgn=grad.stride(0),
+        sgc=grad.stride(1) // vec, sgh=grad.stride(2), sgw=grad.stride(3), sxn=x.stride(0),
         sxc=x.stride(1), sxh=x.stride(2), sxw=x.stride(3), dy_numel=tk._extent(grad),
         x_numel=tk._extent(x), BLOCK_E=blocks.entries, BLOCK_P=blocks.batch,
-        ACC=tk._acc(x.dtype), CHECK=check,
+        ACC=tk._acc(x.dtype), CHECK=check, VEC=vec,
         num_warps=NUM_WARPS)
     tk._raise_if_flagged(err, ERRORS)
     return part.sum(0).view(n_out, kk).to(x.dtype)
