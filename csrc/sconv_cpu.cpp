@@ -338,11 +338,12 @@ at::Tensor sconv_backward_weight(const at::Tensor& grad, const at::Tensor& x,
     using A = conv_acc_t<scalar_t>;
     // Bands sized for L2 here: each (out plane, band) reloads its dy tile and ends on single
     // horizontal sums, so L1-sized bands measured slower.
-    const int64_t per = band_channels(g, g.nph, rows, cols, g.ow, base::kSddmmTile<T>, kBandL2);
-    const int64_t nband = ceil_div(g.c, per);
-    const std::vector<int64_t> ptr = band_ptr(t, per, nband);
     on_conv_isa([&](auto kern) {
       using K = decltype(kern);
+      const int64_t per = band_channels(g, g.nph, rows, cols, g.ow, K::template sddmm_tile<T>(),
+                                        kBandL2);
+      const int64_t nband = ceil_div(g.c, per);
+      const std::vector<int64_t> ptr = band_ptr(t, per, nband);
       const typename K::template Sddmm<T> q{
           ptr.data(), nband, t.offs.data(), t.slot.data(),
           reinterpret_cast<const T*>(dys.data_ptr()), reinterpret_cast<const T*>(xs.data_ptr()),

@@ -270,6 +270,7 @@ struct ConvKernels {
   template <typename T> using Sddmm = ConvSddmm<T>;
   template <typename T> using Vec = vec_t<T>;
   template <typename T> static int lane(int e) { return Chunk<T>::lane(e); }
+  template <typename T> static constexpr int sddmm_tile() { return kSddmmTile<T>; }
   template <typename T>
   static void axpy(const ConvAxpy<T>& q, int64_t chunk, int64_t p0, int64_t p1, void* acc) {
     conv_axpy_block(q, chunk, p0, p1, static_cast<vec_t<T>*>(acc));
