@@ -142,10 +142,8 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
     r = (pid % n_rt) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)   # (channel, phase)
     q = (pid // n_rt) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)  # phase-grid positions
     r_ok = r < n_rows
-    c = r // (sh * sw)
-    ph_id = (r - c * (sh * sw)).to(tl.int32)
-    a = ph_id // sw
-    b = ph_id - a * sw
+    c, ph_id = r // (sh * sw), (r % (sh * sw)).to(tl.int32)   # r >= 0: % is exact
+    a, b = ph_id // sw, ph_id % sw
     n, hq, wq = _decode_pos(q, Hq * Wq, Wq)
     q_ok = (q < n_pos)[None, None, :]
     beg, length = _row_range(ptr, r, r_ok, nnz)
@@ -153,8 +151,7 @@ def _dx_kernel(err, ptr, cols, pos, vals, dy, dx, n_rows, n_out, nnz, C, H, W, H
     if VEC > 1:  # true where pointwise_vec allows VEC (hints inline: a jit callee drops them)
         base = tl.max_contiguous(tl.multiple_of(base, [VEC]), [VEC])
     base = base[None, None, :]
-    hq3 = hq[None, None, :]
-    wq3 = wq[None, None, :]
+    hq3, wq3 = hq[None, None, :], wq[None, None, :]
     acc = tl.zeros([BLOCK_R, BLOCK_P], dtype=ACC)
     for t0 in range(0, tl.max(length, axis=0), BLOCK_K):
         t = t0 + tl.arange(0, BLOCK_K).to(tl.int64)
